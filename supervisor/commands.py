@@ -1,0 +1,170 @@
+"""The verbs that work on configuration: ``check``, ``plan`` and ``up`` (which hands over to the daemon)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from supervisor.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, RUNSH_FLAGS
+from supervisor.errors import ConfigError, Problems
+
+
+def overrides(args: argparse.Namespace) -> dict[str, object]:
+    return {dest: getattr(args, dest) for _, _, dest, _, _ in RUNSH_FLAGS if getattr(args, dest, None) is not None}
+
+
+class UsageError(Exception):
+    """Bad flags or inventory: exit 2 with this message."""
+
+
+def load_plan(args: argparse.Namespace, *, check_paths: bool = True):
+    """Config -> inventory -> plan. Raises ConfigError or UsageError."""
+    from supervisor import gpu
+    from supervisor.plan import make_plan
+    from supervisor.qanything import PlanInputError
+    from supervisor.units import collect_config
+
+    probs = Problems()
+    config = collect_config(Path(args.config) if getattr(args, "config", None) else None, None, probs)
+    if config is None:
+        probs.raise_if_any()
+    spec = getattr(args, "gpus", None)
+    declared = config.stack.plan.get("gpus")
+    if spec is None and not os.environ.get("QASUP_GPUS", "").strip() and declared is not None:
+        if isinstance(declared, list):
+            spec = json.dumps(declared)
+        elif declared.strip() not in ("none", "") and not declared.lstrip().startswith("["):
+            spec = str(config.stack.path(declared))
+        else:
+            spec = declared
+    try:
+        inventory = gpu.load_inventory(spec)
+    except gpu.GpuSpecError as e:
+        raise UsageError(str(e)) from None
+    gpus, inventory_note = list(inventory.gpus), inventory.reason
+    try:
+        plan = make_plan(config, overrides(args), gpus, probs, check_paths=check_paths)
+    except PlanInputError as e:
+        raise UsageError(str(e)) from None
+    probs.raise_if_any()
+    if inventory_note and plan.outcome is not None:
+        object.__setattr__(plan, "messages", plan.messages + (f"GPU inventory: {inventory_note}",))
+    return plan
+
+
+def _report_problems(e: ConfigError) -> int:
+    for p in e.problems:
+        print(p, file=sys.stderr)
+    n = len(e.problems)
+    print(f"qasup: {n} problem{'s' if n != 1 else ''} found", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        plan = load_plan(args, check_paths=False)
+    except ConfigError as e:
+        return _report_problems(e)
+    except UsageError as e:
+        print(f"qasup: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    units = len(plan.config.units)
+    warn = _stop_budget_warnings(plan)
+    for w in warn:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"ok: {units} unit{'s' if units != 1 else ''} valid, {len(plan.enabled)} enabled in this plan")
+    if not plan.feasible:
+        print(f"note: the plan is infeasible on this inventory: {plan.error}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _stop_budget_warnings(plan) -> list[str]:
+    """Stop timeouts along a dependency chain (stopped one after another) that exceed the stop budget."""
+    units = plan.config.units
+    budget = plan.config.stack.stop_budget
+    try:
+        total, path = plan.graph.critical_path({n: units[n].stop.timeout for n in plan.enabled})
+    except ValueError:
+        return []
+    if total > budget:
+        return [f"stop timeouts along {' -> '.join(reversed(path))} add up to {total:g}s, more than "
+                f"stop_budget ({budget:g}s): raise stack.stop_budget or lower [stop] timeout"]
+    return []
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    try:
+        plan = load_plan(args)
+    except ConfigError as e:
+        return _report_problems(e)
+    except UsageError as e:
+        print(f"qasup: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.json:
+        json.dump(plan.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        _print_plan(plan)
+    return EXIT_OK if plan.feasible else EXIT_FAILED
+
+
+def _print_plan(plan) -> None:
+    from supervisor.plan import mask
+
+    out = sys.stdout.write
+    o = plan.outcome
+    out(f"plan: {'feasible' if plan.feasible else 'INFEASIBLE'}\n")
+    if plan.error:
+        out(f"  why: {plan.error}\n")
+    for m in plan.messages:
+        out(f"  - {m}\n")
+    if plan.gpus:
+        out("gpus:\n")
+        for g in plan.gpus:
+            out(f"  {g.index}: {g.name}, {g.memory_free_mib}/{g.memory_total_mib} MiB free, "
+                f"compute {g.compute_capability}\n")
+    else:
+        out("gpus: none\n")
+    if o is not None:
+        out(f"backend: {o.runtime_backend} (asked: {o.requested_backend}), llm_api {o.llm_api}, model "
+            f"{o.model_name or '-'} {o.model_size}, tensor parallel {o.tensor_parallel}, gpu_id1 {o.gpu_id1}, "
+            f"gpu_id2 {o.gpu_id2}, OFFCUT_TOKEN {o.offcut_token}\n")
+        env = mask(plan.env)
+        out(f"env file {plan.config.stack.env_file}: " + " ".join(f"{k}={v}" for k, v in env.items()) + "\n")
+    out("start order:\n")
+    if not plan.graph.cycles():
+        for k, wave in enumerate(plan.graph.waves()):
+            for n in wave:
+                s = plan.services[n]
+                deps = ", ".join(list(s.requires) + [f"after {a}" for a in s.after]) or "-"
+                gpu = f" gpu {','.join(map(str, s.gpu_ids))}" if s.gpu_ids else ""
+                vram = f" {s.vram_mib} MiB" if s.vram_mib else ""
+                out(f"  wave {k}: {n:<24} needs: {deps}{gpu}{vram}  ({s.reason})\n")
+    for a, b in plan.gpu_edges:
+        out(f"  gpu order: {b} starts after {a} is ready (they share a GPU; largest first)\n")
+    disabled = [s for s in plan.services.values() if not s.enabled]
+    if disabled:
+        out("disabled:\n")
+        for s in disabled:
+            out(f"  {s.name:<24} {s.reason}\n")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    try:
+        plan = load_plan(args)
+    except ConfigError as e:
+        return _report_problems(e)
+    except UsageError as e:
+        print(f"qasup: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    for m in plan.messages:
+        print(f"[qasup] plan: {m}", flush=True)
+    if not plan.feasible:
+        print(f"[qasup] the plan is infeasible: {plan.error}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    from supervisor.daemon import run_daemon
+
+    return run_daemon(plan, args)

@@ -1,0 +1,177 @@
+"""``${NAME}`` expansion and the resolved form of a unit: what the engine needs to start it.
+
+Expansion never splits or joins argv elements and no shell is involved. ``${NAME:-default}`` gives a default,
+``$$`` is a literal ``$``; a bare ``$NAME`` is left alone (for units that run ``/bin/sh -c``).
+An unknown name is an error (at ``check`` time and at each start), never an empty string.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from supervisor import dotenv
+from supervisor.errors import Problems
+from supervisor.spec import HttpCheck, LogRule, StackSpec, UnitSpec
+
+_VAR = re.compile(r"\$(\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
+
+
+class UnknownVariable(KeyError):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def expand(text: str, lookup: Mapping[str, str]) -> str:
+    """Expand ``${NAME}`` / ``${NAME:-default}`` / ``$$``; raises UnknownVariable."""
+    if "$" not in text:
+        return text
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(1) == "$":
+            return "$"
+        name, default = m.group(2), m.group(3)
+        v = lookup.get(name)
+        if v is None or (v == "" and default is not None):
+            if default is not None:
+                return default
+            raise UnknownVariable(name)
+        return v
+
+    return _VAR.sub(sub, text)
+
+
+@dataclass(frozen=True)
+class ReadyChecks:
+    log: str | None
+    http: HttpCheck | None
+    tcp: tuple[str, int] | None
+    exec: tuple[str, ...] | None
+    mode: str
+    timeout: float
+    interval: float
+
+
+@dataclass(frozen=True)
+class ResolvedUnit:
+    """A unit with every ``${NAME}`` expanded and every path made absolute, ready to start."""
+
+    spec: UnitSpec
+    argv: tuple[str, ...]
+    cwd: Path
+    env: Mapping[str, str]                # the full process environment
+    log_file: Path
+    tail: tuple[Path, ...]
+    requires_paths: tuple[Path, ...]
+    prepare_argv: tuple[str, ...] | None
+    prepare_paths: tuple[Path, ...]
+    ready: ReadyChecks
+    rules: tuple[LogRule, ...]            # messages expanded
+    cuda_visible_devices: str | None = None
+    lookup: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def builtins(stack: StackSpec, name: str) -> dict[str, str]:
+    return {"QASUP_STACK_DIR": str(stack.root), "QASUP_PYTHON": sys.executable, "QASUP_SERVICE": name}
+
+
+def resolve_unit(stack: StackSpec, unit: UnitSpec, plan_env: Mapping[str, str], gpu_env: Mapping[str, str],
+                 probs: Problems, environ: Mapping[str, str] | None = None,
+                 pending_env_file: Mapping[str, str] | None = None) -> ResolvedUnit | None:
+    """Expand one unit. Problems go to ``probs`` as ``FILE: KEY: message``; returns None when there are any.
+
+    ``pending_env_file``: the plan results that will be written to the stack's env file before the start
+    (``check`` and ``plan`` do not write it, yet the unit must resolve as it will at ``up``).
+    """
+    n0 = len(probs.items)
+    environ = os.environ if environ is None else environ
+    base: dict[str, str] = dict(environ)
+    base.update(builtins(stack, unit.name))
+
+    def x(text: str, key: str, lookup: Mapping[str, str]) -> str:
+        try:
+            return expand(text, lookup)
+        except UnknownVariable as e:
+            probs.add(unit.file, key, f"unknown variable ${{{e.name}}}: define it in env, an env file, the "
+                                      f"environment, or write ${{{e.name}:-default}}")
+            return text
+
+    with_plan = {**base, **plan_env}
+    files: dict[str, str] = {}
+    stack_env = stack.path(stack.env_file).resolve()
+    for i, f in enumerate(unit.env_files):
+        p = stack.path(x(f, "env_files", with_plan))
+        try:
+            files.update(dotenv.load(p))
+        except FileNotFoundError:
+            if p.resolve() != stack_env:
+                probs.add(unit.file, "env_files", f"{p}: no such file")
+        except (OSError, ValueError) as e:
+            probs.add(unit.file, "env_files", f"{p}: {e}")
+        if p.resolve() == stack_env and pending_env_file:
+            files.update(pending_env_file)
+    env_ctx = {**base, **files, **plan_env}
+    unit_env = {k: x(v, f"env.{k}", env_ctx) for k, v in unit.env.items()}
+    lookup = {**base, **files, **unit_env, **plan_env, **gpu_env}
+
+    argv = tuple(x(a, "command", lookup) for a in unit.command)
+    cwd = stack.path(x(unit.cwd, "cwd", lookup)) if unit.cwd else stack.root
+    log_file = (stack.path(x(unit.log.file, "log.file", lookup)) if unit.log.file
+                else stack.path(stack.log_dir) / f"{unit.name}.log")
+    tail = tuple(stack.path(x(t, "log.tail", lookup)) for t in unit.log.tail)
+    req_paths = tuple(stack.path(x(p, "requires_paths", lookup)) for p in unit.requires_paths)
+    prep_argv = prep_paths = None
+    if unit.prepare:
+        prep_argv = tuple(x(a, "prepare.command", lookup) for a in unit.prepare.command)
+        prep_paths = tuple(stack.path(x(p, "prepare.when_changed", lookup)) for p in unit.prepare.when_changed)
+    r = unit.ready
+    http = None
+    if r.http:
+        http = HttpCheck(x(r.http.url, "ready.http.url", lookup), r.http.method,
+                         x(r.http.expect, "ready.http.expect", lookup) if r.http.expect else None)
+    tcp = None
+    if r.tcp:
+        hp = x(r.tcp, "ready.tcp", lookup)
+        host, _, port = hp.rpartition(":")
+        if not port.isdigit() or not host or not 0 < int(port) < 65536:
+            probs.add(unit.file, "ready.tcp", f"{hp!r} is not HOST:PORT")
+        else:
+            tcp = (host.strip("[]"), int(port))
+    ready = ReadyChecks(
+        log=r.log, http=http, tcp=tcp,
+        exec=tuple(x(a, "ready.exec", lookup) for a in r.exec) if r.exec else None,
+        mode=r.mode, timeout=r.timeout, interval=r.interval)
+    rules = []
+    for i, rule in enumerate(unit.on_log, 1):
+        msg = rule.message
+        if msg:
+            msg = x(msg, f"on_log[{i}].message", lookup)
+        rules.append(LogRule(rule.match, rule.action, rule.count, rule.within, rule.context, msg))
+
+    proc_env = {**environ, **files, **unit_env, **gpu_env, "QASUP_SERVICE": unit.name}
+    if len(probs.items) > n0:
+        return None
+    return ResolvedUnit(
+        spec=unit, argv=argv, cwd=cwd, env=proc_env, log_file=log_file, tail=tail, requires_paths=req_paths,
+        prepare_argv=prep_argv, prepare_paths=prep_paths or (), ready=ready, rules=tuple(rules),
+        cuda_visible_devices=gpu_env.get("CUDA_VISIBLE_DEVICES"), lookup=lookup)
+
+
+def expand_banner(stack: StackSpec, plan_env: Mapping[str, str], probs: Problems,
+                  environ: Mapping[str, str] | None = None) -> str:
+    environ = os.environ if environ is None else environ
+    lookup = {**environ, **builtins(stack, ""), **plan_env}
+    try:
+        return expand(stack.banner, lookup)
+    except UnknownVariable as e:
+        probs.add(stack.file or stack.root, "stack.banner", f"unknown variable ${{{e.name}}}")
+        return stack.banner

@@ -1,0 +1,145 @@
+"""Typed, immutable specs: what a validated ``qasup.toml`` and ``services.d/*.toml`` say.
+
+Values are kept as written (``${NAME}`` unexpanded); :mod:`supervisor.resolve` expands them against the plan.
+Defaults here are the documented defaults of interface.md.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
+
+
+
+def _empty() -> Mapping:
+    return MappingProxyType({})
+
+
+RESTART_POLICIES = ("always", "on-failure", "never")
+GIVE_UP_ACTIONS = ("fail", "abort")
+RULE_ACTIONS = ("abort", "restart", "fail", "warn")
+GPU_ROLES = ("llm", "embed", "all")
+READY_MODES = ("all", "any")
+
+
+@dataclass(frozen=True)
+class HttpCheck:
+    url: str
+    method: str = "GET"
+    expect: str | None = None
+
+
+@dataclass(frozen=True)
+class ReadySpec:
+    log: str | None = None
+    http: HttpCheck | None = None
+    tcp: str | None = None
+    exec: tuple[str, ...] | None = None
+    mode: str = "all"
+    timeout: float = 120.0
+    interval: float = 1.0
+
+    @property
+    def has_checks(self) -> bool:
+        return any(x is not None for x in (self.log, self.http, self.tcp, self.exec))
+
+
+@dataclass(frozen=True)
+class PrepareSpec:
+    command: tuple[str, ...]
+    when_changed: tuple[str, ...] = ()
+    timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class LogSpec:
+    file: str | None = None          # None: <log_dir>/<name>.log
+    max_bytes: int = 50 * 1024 * 1024
+    backups: int = 5
+    tail: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RestartSpec:
+    policy: str = "on-failure"
+    delay: float = 1.0
+    max_delay: float = 60.0
+    reset_after: float = 600.0
+    max_restarts: int = 5
+    window: float = 600.0
+    on_give_up: str = "fail"
+
+
+@dataclass(frozen=True)
+class StopSpec:
+    signal: int = int(signal.SIGTERM)
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class LogRule:
+    match: str
+    action: str = "warn"
+    count: int = 1
+    within: float = 60.0
+    context: int = 5
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class UnitSpec:
+    name: str
+    file: Path
+    command: tuple[str, ...]
+    description: str = ""
+    cwd: str | None = None
+    env: Mapping[str, str] = field(default_factory=_empty)
+    env_files: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+    provides: tuple[str, ...] = ()
+    enabled: bool = True
+    gpu: str | None = None
+    vram_mib: int | None = None
+    requires_paths: tuple[str, ...] = ()
+    when: Mapping[str, tuple[object, ...]] = field(default_factory=_empty)
+    prepare: PrepareSpec | None = None
+    log: LogSpec = field(default_factory=LogSpec)
+    ready: ReadySpec = field(default_factory=ReadySpec)
+    restart: RestartSpec = field(default_factory=RestartSpec)
+    stop: StopSpec = field(default_factory=StopSpec)
+    on_log: tuple[LogRule, ...] = ()
+    sources: tuple[Path, ...] = ()   # the unit file and its drop-ins, in the order applied
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    root: Path                        # the stack folder: relative paths resolve against it
+    file: Path | None = None          # qasup.toml, when there is one
+    name: str = "qasup"
+    services: Path = Path("services.d")
+    dropins: tuple[Path, ...] = ()
+    log_dir: Path = Path("logs")
+    state_dir: Path = Path(".qasup")
+    env_file: Path = Path(".env")
+    echo: bool = True
+    stop_budget: float = 30.0
+    banner: str = ""
+    plan: Mapping[str, object] = field(default_factory=_empty)   # the [plan] table as written (validated keys)
+    has_plan_table: bool = False
+
+    def path(self, p: str | Path) -> Path:
+        """A path from the stack file or a unit, made absolute against the stack folder."""
+        p = Path(p)
+        return p if p.is_absolute() else self.root / p
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated stack: the stack file and every unit, by name."""
+
+    stack: StackSpec
+    units: Mapping[str, UnitSpec]
