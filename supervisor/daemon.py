@@ -1,0 +1,156 @@
+"""``qasup up``: the composition root. Wires the reaper, the engine, the control API, signals and echo.
+
+This is the only module that knows both the engine and the API: the engine never imports the API, the API
+knows only the :class:`~supervisor.api.Controller` protocol, and the CLI reaches all this only through the
+socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import anyio
+
+from supervisor import logs, process
+from supervisor.api import ControlError, DaemonAlreadyRunning, ListenError, serve
+from supervisor.engine import Engine, EngineError, ReloadRejected
+from supervisor.plan import Plan
+
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
+                   signal.SIGQUIT)
+
+
+class EngineController:
+    """The engine, seen by the API: engine errors become control errors (with their HTTP status)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def status(self, names=()) -> dict:
+        return self.engine.status(names)
+
+    def has_service(self, name: str) -> bool:
+        return self.engine.has_service(name)
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> dict:
+        try:
+            return await fn(*args)
+        except EngineError as e:
+            raise ControlError(str(e), e.status) from None
+
+    async def start(self, name: str) -> dict:
+        return await self._call(self.engine.start, name)
+
+    async def stop(self, name: str) -> dict:
+        return await self._call(self.engine.stop, name)
+
+    async def restart(self, name: str, with_dependents: bool = False) -> dict:
+        return await self._call(self.engine.restart, name, with_dependents)
+
+    def log_path(self, name: str) -> Path:
+        return self.engine.log_path(name)
+
+    def subscribe_events(self):
+        return self.engine.subscribe_events()
+
+    async def reload(self) -> dict:
+        return await self._call(self.engine.reload)
+
+    async def shutdown(self) -> None:
+        self.engine.shutdown("shutdown requested through the control socket")
+
+
+def socket_path(plan: Plan, args: argparse.Namespace) -> Path:
+    if getattr(args, "socket", None):
+        return Path(args.socket)
+    if os.environ.get("QASUP_SOCKET"):
+        return Path(os.environ["QASUP_SOCKET"])
+    stack = plan.config.stack
+    return stack.path(stack.state_dir) / "qasup.sock"
+
+
+def run_daemon(plan: Plan, args: argparse.Namespace) -> int:
+    return anyio.run(_main, plan, args, backend="asyncio")
+
+
+async def _main(plan: Plan, args: argparse.Namespace) -> int:
+    echo = logs.Echo(fd=sys.stdout.fileno())
+    services_echo = plan.config.stack.echo and not getattr(args, "no_echo", False)
+
+    def say(text: str) -> None:
+        lines = text.count("\n") + 1
+        echo.offer("qasup", f"[qasup] {text}\n".encode("utf-8", "replace"), lines)
+
+    listen = None
+    if getattr(args, "listen", None):
+        host, _, port = args.listen.rpartition(":")
+        if not host or not port.isdigit():
+            print(f"qasup: --listen {args.listen!r} is not HOST:PORT", file=sys.stderr)
+            return 2
+        listen = (host.strip("[]"), int(port))
+
+    def planner() -> Plan:
+        from supervisor.commands import UsageError, load_plan
+        from supervisor.errors import ConfigError
+
+        try:
+            return load_plan(args)
+        except ConfigError as e:
+            raise ReloadRejected("\n".join(str(p) for p in e.problems)) from None
+        except UsageError as e:
+            raise ReloadRejected(str(e)) from None
+
+    code = 0
+    try:
+        async with process.Reaper.open() as reaper:
+            engine = Engine(plan, reaper, echo=echo if services_echo else None, say=say, planner=planner)
+            async with anyio.create_task_group() as tg:
+                with anyio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
+                    tg.start_soon(_signals, signals, engine, say)
+                    try:
+                        await tg.start(_serve_api, engine, socket_path(plan, args), listen, say)
+                    except (DaemonAlreadyRunning, ListenError, OSError) as e:
+                        print(f"qasup: control socket: {e}", file=sys.stderr, flush=True)
+                        tg.cancel_scope.cancel()
+                        return 1
+                    code = await engine.run()
+                    tg.cancel_scope.cancel()
+    finally:
+        echo.close()
+    return code
+
+
+async def _serve_api(engine: Engine, path: Path, listen, say, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+    await serve(EngineController(engine), path, listen=listen, token=os.environ.get("QASUP_TOKEN"),
+                log=lambda m: say(f"api: {m}"), task_status=task_status)
+
+
+async def _signals(signals, engine: Engine, say: Callable[[str], None]) -> None:
+    interrupts = 0
+    async with anyio.create_task_group() as tg:
+        async for sig in signals:
+            if sig == signal.SIGINT:
+                interrupts += 1
+                if interrupts > 1:
+                    say("second interrupt: killing every service now")
+                    engine.kill_now()
+                else:
+                    engine.shutdown("interrupted (SIGINT); press Ctrl-C again to kill at once")
+            elif sig == signal.SIGTERM:
+                engine.shutdown("SIGTERM")
+            elif sig == signal.SIGHUP:
+                tg.start_soon(_reload, engine, say)
+            else:
+                say(f"{signal.Signals(sig).name} received and ignored")
+
+
+async def _reload(engine: Engine, say: Callable[[str], None]) -> None:
+    try:
+        await engine.reload()
+    except EngineError as e:
+        say(f"reload (SIGHUP): {e}")
