@@ -1,0 +1,258 @@
+"""The CLI's client for the daemon's control socket: HTTP/1.1 over AF_UNIX, standard library only.
+
+``qasup status`` runs often (scripts, health checks), so this module imports only ``socket`` and
+``json``.  ``http.client`` would cost about 25 ms more here (it pulls in ``email.parser`` and
+``ssl``), so the client writes its one request and reads the answer itself: a status line,
+headers, then a body delimited by Content-Length, chunked encoding or end of stream.  It only
+talks to qasup's own server (h11), one request per connection (``Connection: close``), with
+every read bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import Any, Iterator
+
+__all__ = ["NoDaemon", "ProtocolError", "RequestFailed", "request", "stream_chunks", "stream_lines"]
+
+DEFAULT_TIMEOUT = 10.0
+_MAX_HEAD = 64 * 1024  # status line + headers
+_MAX_BODY = 256 * 1024 * 1024  # a non-streamed body (logs -n 100000 of long lines stays below)
+
+
+class NoDaemon(Exception):
+    """No daemon answers on the socket: it is missing, refuses, or does not answer in time."""
+
+    def __init__(self, socket_path: str | os.PathLike[str], reason: str) -> None:
+        self.socket_path = os.fspath(socket_path)
+        self.reason = reason
+        super().__init__(f"no qasup daemon answering on {self.socket_path} ({reason})")
+
+
+class ProtocolError(Exception):
+    """The daemon's answer is not HTTP as qasup's server speaks it."""
+
+
+class RequestFailed(Exception):
+    """A streamed request was answered with an error status; ``message`` is the daemon's error text."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+        super().__init__(f"{status}: {message}")
+
+
+def request(
+    socket_path: str | os.PathLike[str],
+    method: str,
+    path: str,
+    body: Any = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
+) -> tuple[int, Any]:
+    """Send one request and return ``(status, payload)``.
+
+    ``body`` (any JSON value, or None for no body) is sent as JSON.  ``payload`` is the decoded
+    JSON for JSON answers, else the raw bytes.  ``timeout`` bounds the connect and each read
+    (None = wait as long as the daemon takes, for actions the daemon bounds itself).
+    Raises ``NoDaemon`` when nothing answers and ``ProtocolError`` on a garbled answer.
+    """
+    with _Exchange(socket_path, method, path, body, timeout) as exchange:
+        data = exchange.read_all()
+        if exchange.headers.get("content-type", "").startswith("application/json"):
+            try:
+                return exchange.status, json.loads(data) if data.strip() else None
+            except ValueError as exc:
+                raise ProtocolError(f"the daemon sent invalid JSON: {exc}") from None
+        return exchange.status, data
+
+
+def stream_chunks(
+    socket_path: str | os.PathLike[str], path: str, *, timeout: float | None = None
+) -> Iterator[bytes]:
+    """GET ``path`` and yield the body as it arrives, until the daemon ends it.
+
+    Raises ``RequestFailed`` (before yielding anything) when the answer is not 2xx, ``NoDaemon``
+    when nothing answers.  ``timeout`` bounds the connect and the wait for each chunk.
+    """
+    with _Exchange(socket_path, "GET", path, None, timeout) as exchange:
+        if not 200 <= exchange.status < 300:
+            raise RequestFailed(exchange.status, _error_text(exchange.read_all()))
+        yield from exchange.iter_body()
+
+
+def stream_lines(
+    socket_path: str | os.PathLike[str], path: str, *, timeout: float | None = None
+) -> Iterator[bytes]:
+    """Like ``stream_chunks`` but yields complete lines (with their ``\\n``); a last partial line too."""
+    pending = b""
+    for chunk in stream_chunks(socket_path, path, timeout=timeout):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line + b"\n"
+    if pending:
+        yield pending
+
+
+def _error_text(data: bytes) -> str:
+    try:
+        payload = json.loads(data)
+        if isinstance(payload, dict) and isinstance(payload.get("error"), str):
+            return payload["error"]
+    except ValueError:
+        pass
+    return data.decode("utf-8", "replace").strip()
+
+
+class _Exchange:
+    """One request/response on a fresh connection; the response head is read on entry."""
+
+    def __init__(
+        self, socket_path: str | os.PathLike[str], method: str, path: str, body: Any, timeout: float | None
+    ) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+        self.sock = _connect(socket_path, timeout)
+        self.reader = self.sock.makefile("rb")
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        try:
+            payload = b"" if body is None else json.dumps(body).encode("utf-8")
+            head = (
+                f"{method} {path} HTTP/1.1\r\nHost: qasup\r\nConnection: close\r\n"
+                f"Accept: application/json\r\nUser-Agent: qasup-cli\r\n"
+            )
+            if body is not None:
+                head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+            self.sock.sendall(head.encode("ascii") + b"\r\n" + payload)
+            self._read_head()
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> "_Exchange":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+    def _readline(self) -> bytes:
+        try:
+            line = self.reader.readline(_MAX_HEAD + 1)
+        except TimeoutError:
+            raise NoDaemon(self.socket_path, f"no answer within {self.timeout:g}s") from None
+        except OSError as exc:
+            raise NoDaemon(self.socket_path, f"connection lost: {exc.strerror or exc}") from None
+        if len(line) > _MAX_HEAD:
+            raise ProtocolError("the daemon sent an over-long line")
+        return line
+
+    def _read_head(self) -> None:
+        status_line = self._readline()
+        if not status_line:
+            raise NoDaemon(self.socket_path, "the daemon closed the connection without answering")
+        parts = status_line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise ProtocolError(f"unexpected status line {status_line[:80]!r}")
+        self.status = int(parts[1])
+        total = len(status_line)
+        while True:
+            line = self._readline()
+            total += len(line)
+            if total > _MAX_HEAD:
+                raise ProtocolError("the daemon sent over-long headers")
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, sep, value = line.decode("latin-1").partition(":")
+            if not sep:
+                raise ProtocolError(f"malformed header line {line[:80]!r}")
+            self.headers[name.strip().lower()] = value.strip()
+
+    def _read_exact(self, n: int) -> bytes:
+        try:
+            data = self.reader.read(n)
+        except TimeoutError:
+            raise NoDaemon(self.socket_path, f"no answer within {self.timeout:g}s") from None
+        except OSError as exc:
+            raise NoDaemon(self.socket_path, f"connection lost: {exc.strerror or exc}") from None
+        if len(data) != n:
+            raise ProtocolError("the daemon closed the connection in the middle of an answer")
+        return data
+
+    def iter_body(self) -> Iterator[bytes]:
+        """Yield the body in pieces as they arrive."""
+        if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            while True:
+                size_line = self._readline()
+                if not size_line:
+                    raise ProtocolError("the daemon closed the connection in the middle of an answer")
+                try:
+                    size = int(size_line.split(b";", 1)[0].strip(), 16)
+                except ValueError:
+                    raise ProtocolError(f"bad chunk size line {size_line[:40]!r}") from None
+                if size == 0:
+                    while self._readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return
+                data = self._read_exact(size)
+                self._read_exact(2)  # CRLF after the chunk
+                yield data
+        elif "content-length" in self.headers:
+            try:
+                length = int(self.headers["content-length"])
+            except ValueError:
+                raise ProtocolError("bad Content-Length from the daemon") from None
+            if length > _MAX_BODY:
+                raise ProtocolError(f"answer too large ({length} bytes)")
+            if length:
+                yield self._read_exact(length)
+        else:
+            while True:
+                try:
+                    data = self.reader.read1(65536)
+                except TimeoutError:
+                    raise NoDaemon(self.socket_path, f"no answer within {self.timeout:g}s") from None
+                except OSError as exc:
+                    raise NoDaemon(self.socket_path, f"connection lost: {exc.strerror or exc}") from None
+                if not data:
+                    return
+                yield data
+
+    def read_all(self) -> bytes:
+        parts: list[bytes] = []
+        total = 0
+        for piece in self.iter_body():
+            total += len(piece)
+            if total > _MAX_BODY:
+                raise ProtocolError("answer too large")
+            parts.append(piece)
+        return b"".join(parts)
+
+
+def _connect(socket_path: str | os.PathLike[str], timeout: float | None) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(os.fspath(socket_path))
+    except FileNotFoundError:
+        sock.close()
+        raise NoDaemon(socket_path, "the socket does not exist") from None
+    except ConnectionRefusedError:
+        sock.close()
+        raise NoDaemon(socket_path, "connection refused: stale socket, the daemon is not running") from None
+    except TimeoutError:
+        sock.close()
+        raise NoDaemon(socket_path, f"no answer within {timeout:g}s") from None
+    except PermissionError:
+        sock.close()
+        raise NoDaemon(socket_path, "permission denied: the socket belongs to another user") from None
+    except OSError as exc:
+        sock.close()
+        raise NoDaemon(socket_path, exc.strerror or str(exc)) from None
+    return sock

@@ -1,0 +1,366 @@
+"""supervisor.process: spawning, reaping, tree-wide stop, PDEATHSIG and PID-1 duties.
+
+Real processes and real signals throughout; stand-ins live in tests/standins/proc_*.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+
+from supervisor.process import (
+    TAG_VARIABLE,
+    Child,
+    Reaper,
+    RunTimeout,
+    SpawnError,
+    exit_code,
+    members,
+    run_to_completion,
+    set_subreaper,
+    terminate,
+)
+
+STANDINS = Path(__file__).resolve().parent / "standins"
+PY = sys.executable
+SLACK = 1.0  # seconds allowed beyond a stop timeout on a loaded 2-core machine
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _restore_subreaper() -> None:
+    """Reaper.open makes the test process a subreaper; leave it as it was for other test files."""
+    yield
+    set_subreaper(False)
+
+
+def standin(name: str, *args: object) -> list[str]:
+    return [PY, str(STANDINS / f"proc_{name}.py"), *map(str, args)]
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return data[data.rfind(b")") + 2 : data.rfind(b")") + 3] not in (b"Z", b"X")
+
+
+async def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await anyio.sleep(0.01)
+
+
+async def read_json_line(fd: int, timeout: float = 10.0) -> dict:
+    buf = b""
+    with anyio.fail_after(timeout):
+        while b"\n" not in buf:
+            await anyio.wait_readable(fd)
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                raise EOFError(f"pipe closed before a full line: {buf!r}")
+            buf += chunk
+    return json.loads(buf.split(b"\n", 1)[0])
+
+
+@asynccontextmanager
+async def reaper_with_cleanup() -> AsyncIterator[tuple[Reaper, list[Child]]]:
+    """A Reaper plus a list of children that are SIGKILLed (whole trees) however the test ends."""
+    async with Reaper.open() as reaper:
+        children: list[Child] = []
+        try:
+            yield reaper, children
+        finally:
+            with anyio.CancelScope(shield=True), anyio.fail_after(10):
+                for child in children:
+                    await terminate(child, signal.SIGKILL, 0)
+
+
+def spawn(reaper: Reaper, children: list[Child], argv: list[str], *, stdout: int | None = None, tag: str = "t",
+          **kw) -> Child:
+    child = reaper.spawn(argv, cwd=kw.pop("cwd", STANDINS), env=kw.pop("env", dict(os.environ)), stdout=stdout,
+                         stderr=kw.pop("stderr", None), tag=tag, **kw)
+    children.append(child)
+    return child
+
+
+async def spawn_reporting(reaper: Reaper, children: list[Child], argv: list[str], **kw) -> tuple[Child, dict]:
+    """Spawn a stand-in that prints one JSON line on stdout; return the child and that line."""
+    read_fd, write_fd = os.pipe()
+    try:
+        child = spawn(reaper, children, argv, stdout=write_fd, **kw)
+        os.close(write_fd)
+        write_fd = -1
+        return child, await read_json_line(read_fd)
+    finally:
+        os.close(read_fd)
+        if write_fd >= 0:
+            os.close(write_fd)
+
+
+# ------------------------------------------------------------------------------------------
+# exit codes and reaping
+
+
+def test_exit_code_from_real_statuses() -> None:
+    statuses = []
+    for argv in (["/bin/sh", "-c", "exit 7"], ["/bin/sh", "-c", "kill -KILL $$"], ["/bin/sh", "-c", "kill -TERM $$"]):
+        pid = os.posix_spawn(argv[0], argv, dict(os.environ))
+        statuses.append(os.waitpid(pid, 0)[1])
+    assert [exit_code(s) for s in statuses] == [7, 137, 143]
+
+
+async def test_exit_codes_survive_an_orphan_storm() -> None:
+    async with reaper_with_cleanup() as (reaper, children):
+        assert reaper.subreaper, "PR_SET_CHILD_SUBREAPER should work on Linux"
+        victim = spawn(reaper, children, standin("sleep"), tag="victim")
+        storm = spawn(reaper, children, standin("storm", 1000, 7), tag="storm")
+        await wait_until(lambda: reaper.orphans_reaped >= 100, 10, "the storm to start")
+        quick = spawn(reaper, children, standin("exit", 7), tag="quick")  # exits in the middle of the storm
+        os.kill(victim.pid, signal.SIGKILL)
+        with anyio.fail_after(15):
+            assert await victim.wait() == 137
+            assert await quick.wait() == 7
+            assert await storm.wait() == 7
+        await wait_until(lambda: reaper.orphans_reaped >= 1000, 10, "1000 orphans reaped")
+        assert reaper.running() == []
+
+
+async def test_fast_exiting_child_is_not_lost() -> None:
+    async with reaper_with_cleanup() as (reaper, children):
+        kids = [spawn(reaper, children, ["/bin/sh", "-c", f"exit {n}"]) for n in range(1, 21)]
+        # Block the event loop so every child exits (and SIGCHLD fires) before the reaper runs.
+        deadline = time.monotonic() + 5
+        while any(alive(k.pid) for k in kids) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        orphans_before = reaper.orphans_reaped
+        with anyio.fail_after(5):
+            codes = [await k.wait() for k in kids]
+        assert codes == list(range(1, 21))
+        assert reaper.orphans_reaped == orphans_before
+
+
+async def test_spawn_runs_in_own_session_with_cwd_env_and_tag(tmp_path: Path) -> None:
+    async with reaper_with_cleanup() as (reaper, children):
+        env = {"PATH": os.environ["PATH"], "GREETING": "hello world", TAG_VARIABLE: "outer:1"}
+        child, info = await spawn_reporting(reaper, children, standin("env", "GREETING", TAG_VARIABLE, "HOME"),
+                                            cwd=tmp_path, env=env, tag="svc")
+        assert await child.wait() == 0
+        assert info["pid"] == child.pid == info["sid"] == info["pgid"]
+        assert info["cwd"] == str(tmp_path)
+        assert child.tag.startswith("svc:") and len(child.tag) > len("svc:")
+        assert info["env"] == {"GREETING": "hello world", TAG_VARIABLE: f"outer:1 {child.tag}", "HOME": None}
+        assert child.started <= time.monotonic()
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing-name", "missing-path", "not-executable", "bad-cwd", "cwd-is-file", "directory", "empty"],
+)
+async def test_spawn_errors_are_clear(tmp_path: Path, case: str) -> None:
+    script = tmp_path / "tool.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    argv, cwd, expect = {
+        "missing-name": (["qasup-no-such-command"], tmp_path, "qasup-no-such-command"),
+        "missing-path": ([str(tmp_path / "nope" / "bin")], tmp_path, str(tmp_path / "nope" / "bin")),
+        "not-executable": ([str(script)], tmp_path, str(script)),
+        "bad-cwd": (["/bin/true"], tmp_path / "gone", str(tmp_path / "gone")),
+        "cwd-is-file": (["/bin/true"], script, str(script)),
+        "directory": ([str(tmp_path)], tmp_path, str(tmp_path)),
+        "empty": ([], tmp_path, "empty command"),
+    }[case]
+    async with reaper_with_cleanup() as (reaper, children):
+        with pytest.raises(SpawnError) as info:
+            spawn(reaper, children, argv, cwd=cwd)
+        assert expect in str(info.value)
+        assert info.value.__traceback__ is not None and info.value.__cause__ is None
+        assert not isinstance(info.value, OSError)
+        assert reaper.running() == []
+
+
+async def test_errors_inside_the_reaper_block_propagate_unwrapped() -> None:
+    with pytest.raises(SpawnError):
+        async with Reaper.open() as reaper:
+            reaper.spawn([], cwd=STANDINS, env={}, stdout=None, stderr=None, tag="t")
+
+
+async def test_spawn_from_another_thread_is_refused() -> None:
+    async with reaper_with_cleanup() as (reaper, children):
+        with pytest.raises(RuntimeError, match="event-loop thread"):
+            await anyio.to_thread.run_sync(lambda: spawn(reaper, children, ["/bin/true"]))
+
+
+# ------------------------------------------------------------------------------------------
+# stopping whole trees
+
+
+async def test_terminate_kills_stubborn_setsid_and_orphaned_descendants() -> None:
+    async with reaper_with_cleanup() as (reaper, children):
+        child, info = await spawn_reporting(reaper, children, standin("tree", "ignore", "setsid", "orphan"))
+        ignore, setsid, orphan = (info["members"][mode] for mode in ("ignore", "setsid", "orphan"))
+        assert info["leader"] == child.pid
+        assert os.getsid(setsid) == setsid and os.getsid(orphan) == orphan
+        assert members(child) == {child.pid, ignore, setsid, orphan}
+        begin = time.monotonic()
+        assert await terminate(child, signal.SIGTERM, 0.5) == 143
+        took = time.monotonic() - begin
+        assert 0.5 <= took < 0.5 + SLACK, took
+        assert not any(alive(pid) for pid in (child.pid, ignore, setsid, orphan))
+        assert members(child) == set()
+
+
+async def test_terminate_is_quick_for_a_cooperative_service() -> None:
+    async with reaper_with_cleanup() as (reaper, children):
+        child, _ = await spawn_reporting(reaper, children, standin("tree"))
+        begin = time.monotonic()
+        assert await terminate(child, signal.SIGTERM, 10) == 143
+        assert time.monotonic() - begin < 1.0
+
+
+async def test_members_after_the_leader_is_gone_found_by_tag() -> None:
+    async with reaper_with_cleanup() as (reaper, children):
+        child, info = await spawn_reporting(reaper, children, standin("tree", "orphan", "--exit"))
+        orphan = info["members"]["orphan"]
+        with anyio.fail_after(5):
+            assert await child.wait() == 0
+        # a new session, its own group, parent is the test process: only the tag ties it to the service
+        assert members(child) == {orphan}
+        begin = time.monotonic()
+        assert await terminate(child, signal.SIGTERM, 0.3) == 0
+        assert time.monotonic() - begin < 0.3 + SLACK
+        assert not alive(orphan)
+
+
+async def test_pdeathsig_kills_the_service_when_qasup_is_killed() -> None:
+    async with reaper_with_cleanup() as (reaper, children):
+        helper, info = await spawn_reporting(reaper, children, standin("parent"), tag="mini-qasup")
+        service = info["child"]
+        assert alive(service)
+        os.kill(helper.pid, signal.SIGKILL)
+        with anyio.fail_after(5):
+            assert await helper.wait() == 137
+        await wait_until(lambda: not alive(service), 3, "the service to die with its parent")
+
+
+async def test_without_pdeathsig_the_service_outlives_its_parent() -> None:
+    """The counter-check of the test above (and tag inheritance: the orphan is still found)."""
+    async with reaper_with_cleanup() as (reaper, children):
+        helper, info = await spawn_reporting(reaper, children, standin("parent", "--no-pdeathsig"), tag="mini-qasup")
+        service = info["child"]
+        os.kill(helper.pid, signal.SIGKILL)
+        with anyio.fail_after(5):
+            assert await helper.wait() == 137
+        await anyio.sleep(0.2)  # negative check: give a (wrong) parent-death signal time to land
+        assert alive(service)
+        assert members(helper) == {service}  # its environment carries the helper's tag
+        await terminate(helper, signal.SIGTERM, 2)
+        assert not alive(service)
+
+
+# ------------------------------------------------------------------------------------------
+# run_to_completion
+
+
+async def test_run_to_completion_captures_output_and_code(tmp_path: Path) -> None:
+    async with reaper_with_cleanup() as (reaper, _):
+        code, output = await run_to_completion(reaper, standin("env", "--exit", 3, "X"), cwd=tmp_path,
+                                               env={**os.environ, "X": "1"}, timeout=10, tag="prepare")
+        assert code == 3
+        lines = output.decode().splitlines()
+        assert json.loads(lines[0])["env"] == {"X": "1"} and lines[1] == "to-stderr"
+
+
+async def test_run_to_completion_keeps_only_the_tail(tmp_path: Path) -> None:
+    async with reaper_with_cleanup() as (reaper, _):
+        code, output = await run_to_completion(reaper, standin("env", "--bulk", 300_000), cwd=tmp_path,
+                                               env=dict(os.environ), timeout=10, tag="probe", output_limit=1000)
+        assert code == 0 and len(output) == 1000 and output.endswith(b"to-stderr\n")
+
+
+async def test_run_to_completion_timeout_stops_the_tree() -> None:
+    async with reaper_with_cleanup() as (reaper, _):
+        begin = time.monotonic()
+        with pytest.raises(RunTimeout) as info:
+            await run_to_completion(reaper, standin("tree", "ignore", "setsid"), cwd=STANDINS,
+                                    env=dict(os.environ), timeout=0.5, tag="prepare", stop_timeout=0.3)
+        assert isinstance(info.value, TimeoutError)
+        assert 0.8 <= time.monotonic() - begin < 0.8 + SLACK
+        tree = json.loads(info.value.output.decode().splitlines()[0])
+        assert not any(alive(pid) for pid in (tree["leader"], *tree["members"].values()))
+
+
+async def test_run_to_completion_stops_leftovers() -> None:
+    async with reaper_with_cleanup() as (reaper, _):
+        code, output = await run_to_completion(reaper, standin("tree", "orphan", "--exit"), cwd=STANDINS,
+                                               env=dict(os.environ), timeout=10, tag="prepare", stop_timeout=0.3)
+        assert code == 0
+        orphan = json.loads(output.decode())["members"]["orphan"]
+        assert not alive(orphan)
+
+
+# ------------------------------------------------------------------------------------------
+# as PID 1 of a PID namespace
+
+
+def _unshare_problem() -> str | None:
+    try:
+        done = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unshare is not available: {exc}"
+    if done.returncode != 0:
+        return f"unshare --pid --fork --mount-proc is not permitted here: {done.stderr.decode().strip()}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def pid_namespace() -> list[str]:
+    problem = _unshare_problem()
+    if problem:
+        pytest.skip(problem)
+    return ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
+
+
+def test_pid1_reaps_an_orphan_storm_and_keeps_exit_codes(pid_namespace: list[str]) -> None:
+    done = subprocess.run([*pid_namespace, *standin("pid1", "storm", 1000)], capture_output=True, timeout=30)
+    assert done.returncode == 0, done.stderr.decode()
+    report = json.loads(done.stdout.decode().splitlines()[-1])
+    assert report == {"pid": 1, "codes": [7, 7], "orphans": 1000}
+
+
+def test_pid1_handles_sigterm(pid_namespace: list[str]) -> None:
+    outer = subprocess.Popen([*pid_namespace, *standin("pid1", "sigterm")], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    try:
+        assert json.loads(outer.stdout.readline()) == {"pid": 1, "ready": True}
+        # the namespace's PID 1, as seen from here: unshare's only child
+        init = int(Path(f"/proc/{outer.pid}/task/{outer.pid}/children").read_text().split()[0])
+        os.kill(init, signal.SIGTERM)  # ignored unless PID 1 installed a handler
+        stdout, stderr = outer.communicate(timeout=10)
+        assert outer.returncode == 0, stderr.decode()
+        assert json.loads(stdout) == {"stopped": 143}
+    finally:
+        if outer.poll() is None:
+            outer.kill()
+            outer.wait()
