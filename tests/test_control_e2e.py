@@ -1,0 +1,263 @@
+"""Every control verb against a real running daemon, through the CLI as a subprocess (the user's view)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+PY = sys.executable
+
+
+def write_units(root: Path, units: dict[str, str], stack: str | None = None) -> None:
+    (root / "services.d").mkdir(parents=True, exist_ok=True)
+    for name, text in units.items():
+        (root / "services.d" / f"{name}.toml").write_text(textwrap.dedent(text))
+    if stack is not None:
+        (root / "qasup.toml").write_text(textwrap.dedent(stack))
+
+
+def cli(root: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-m", "supervisor", *args], cwd=root, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "NO_COLOR": "1"})
+
+
+def poll(predicate, timeout: float = 15.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Daemon:
+    def __init__(self, root: Path, *extra: str) -> None:
+        self.root = root
+        self.out = open(root / "up.out", "wb")
+        self.proc = subprocess.Popen([PY, "-m", "supervisor", "up", *extra], cwd=root, stdout=self.out,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def status(self) -> dict:
+        r = cli(self.root, "status", "--json")
+        return json.loads(r.stdout) if r.stdout.strip().startswith("{") else {}
+
+    def service(self, name: str) -> dict:
+        for s in self.status().get("services", []):
+            if s["name"] == name:
+                return s
+        return {}
+
+    def wait_state(self, name: str, state: str, timeout: float = 15.0) -> dict:
+        return poll(lambda: (s := self.service(name)).get("state") == state and s, timeout,
+                    f"{name} to be {state}")
+
+    def output(self) -> str:
+        return (self.root / "up.out").read_text(errors="replace")
+
+    def close(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.out.close()
+        return self.proc.returncode
+
+
+MARK = "qasup-e2e-marker"
+
+UNITS = {
+    "db": f"""
+        command = ["sh", "-c", "echo db starting; sleep 0.2; echo db ready {MARK}; exec sleep 300"]
+        [ready]
+        log = "db ready"
+        [restart]
+        delay = "50ms"
+        """,
+    "api": f"""
+        command = ["sh", "-c", "echo api up {MARK}; exec sleep 300"]
+        requires = ["db"]
+        [restart]
+        delay = "50ms"
+        """,
+    "web": f"""
+        command = ["sh", "-c", "echo web up {MARK} $$API_KEY; exec sleep 300"]
+        env = {{ API_KEY = "s3cret-value" }}
+        after = ["api"]
+        [restart]
+        delay = "50ms"
+        """,
+}
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    write_units(tmp_path, UNITS, '[stack]\nname = "e2e"\nstop_budget = "10s"\n')
+    d = Daemon(tmp_path)
+    try:
+        poll(lambda: cli(tmp_path, "status").returncode == 0, 20, "stack ready")
+        yield d
+    finally:
+        d.close()
+        leftovers = subprocess.run(["pgrep", "-f", MARK], capture_output=True, text=True).stdout.split()
+        for pid in leftovers:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+        assert not leftovers, f"processes left behind: {leftovers}"
+
+
+def test_status_table_and_json(daemon):
+    r = cli(daemon.root, "status")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "ready" in lines[0]
+    for name in ("db", "api", "web"):
+        assert any(line.split()[0] == name and "ready" in line for line in lines[1:]), r.stdout
+    st = daemon.status()
+    assert st["stack"]["state"] == "ready"
+    by = {s["name"]: s for s in st["services"]}
+    assert set(by) == {"db", "api", "web"}
+    for s in by.values():
+        assert s["state"] == "ready" and isinstance(s["pid"], int) and s["restarts"] == 0
+        assert set(s) >= {"name", "state", "pid", "restarts", "uptime_s", "ready_after_s", "exit_code",
+                          "last_error", "gpu"}
+    assert by["db"]["ready_after_s"] >= 0.2
+    one = json.loads(cli(daemon.root, "status", "db", "--json").stdout)
+    assert [s["name"] for s in one["services"]] == ["db"]
+
+
+def test_stop_keeps_stopped_and_start_brings_dependents_back(daemon):
+    r = cli(daemon.root, "stop", "db")
+    assert r.returncode == 0, r.stderr
+    assert daemon.service("db")["state"] == "stopped"
+    daemon.wait_state("api", "waiting")          # requires db: stopped with it, waits
+    assert cli(daemon.root, "status").returncode == 3
+    # nothing brings db back by itself, even when a dependent restarts
+    cli(daemon.root, "restart", "web")
+    time.sleep(0.3)  # a negative check: give a wrong restart the chance to happen
+    assert daemon.service("db")["state"] == "stopped"
+    r = cli(daemon.root, "start", "db")
+    assert r.returncode == 0, r.stderr
+    daemon.wait_state("db", "ready")
+    daemon.wait_state("api", "ready")
+
+
+def test_restart_gives_new_pid_and_with_dependents(daemon):
+    before = {s["name"]: s["pid"] for s in daemon.status()["services"]}
+    r = cli(daemon.root, "restart", "db")
+    assert r.returncode == 0, r.stderr
+    after = {s["name"]: s["pid"] for s in daemon.status()["services"]}
+    assert after["db"] != before["db"]
+    assert after["api"] == before["api"]          # a plain restart leaves dependents alone
+    r = cli(daemon.root, "restart", "db", "--with-dependents")
+    assert r.returncode == 0, r.stderr
+    again = {s["name"]: s["pid"] for s in daemon.status()["services"]}
+    assert again["db"] != after["db"] and again["api"] != after["api"]
+
+
+def test_unknown_service_and_usage_errors(daemon):
+    for verb in ("start", "stop", "restart"):
+        r = cli(daemon.root, verb, "nope")
+        assert r.returncode == 1 and "nope" in (r.stderr + r.stdout)
+    r = cli(daemon.root, "logs", "nope")
+    assert r.returncode == 1
+    r = cli(daemon.root, "status", "nope")
+    assert r.returncode != 0
+
+
+def test_logs_tail_and_follow(daemon):
+    r = cli(daemon.root, "logs", "db", "-n", "1")
+    assert r.returncode == 0
+    assert r.stdout.strip().endswith(MARK)
+    assert "db starting" not in r.stdout
+    f = subprocess.Popen([PY, "-m", "supervisor", "logs", "db", "-n", "0", "-f"], cwd=daemon.root,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)  # let the follower attach before the restart writes new lines
+        assert cli(daemon.root, "restart", "db").returncode == 0
+        line = poll(lambda: f.stdout.readline(), 10, "followed line")
+        assert "db starting" in line or "db ready" in line
+    finally:
+        f.kill()
+        f.wait()
+
+
+def test_wait_ready(daemon):
+    assert cli(daemon.root, "wait-ready", "--timeout", "5s").returncode == 0
+    assert cli(daemon.root, "wait-ready", "db", "api", "--timeout", "0").returncode == 0
+    cli(daemon.root, "stop", "db")
+    r = cli(daemon.root, "wait-ready", "db", "--timeout", "300ms")
+    assert r.returncode == 1
+
+
+def test_events_stream(daemon):
+    ev = subprocess.Popen([PY, "-m", "supervisor", "events"], cwd=daemon.root, stdout=subprocess.PIPE,
+                          text=True)
+    try:
+        time.sleep(0.3)
+        assert cli(daemon.root, "restart", "web").returncode == 0
+        states = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "ready" not in states:
+            line = ev.stdout.readline()
+            obj = json.loads(line)
+            if obj.get("service") == "web":
+                states.append(obj["state"])
+        assert states[:1] == ["stopping"] and "ready" in states, states
+    finally:
+        ev.kill()
+        ev.wait()
+
+
+def test_reload_restarts_only_changed(daemon):
+    before = {s["name"]: s["pid"] for s in daemon.status()["services"]}
+    web = daemon.root / "services.d" / "web.toml"
+    web.write_text(web.read_text().replace("web up", "web UP"))
+    r = cli(daemon.root, "reload")
+    assert r.returncode == 0, r.stderr
+    daemon.wait_state("web", "ready")
+    poll(lambda: daemon.service("web")["pid"] != before["web"], 10, "web restarted")
+    after = {s["name"]: s["pid"] for s in daemon.status()["services"]}
+    assert after["db"] == before["db"] and after["api"] == before["api"]
+    # an invalid configuration is refused and the running one stays
+    (daemon.root / "services.d" / "bad.toml").write_text("command = 5\n")
+    r = cli(daemon.root, "reload")
+    assert r.returncode == 2
+    assert "bad.toml" in r.stderr + r.stdout
+    assert {s["name"]: s["pid"] for s in daemon.status()["services"]} == after
+
+
+def test_secrets_masked_in_plan(tmp_path):
+    write_units(tmp_path, {"a": 'command = ["true"]\nenv = { API_KEY = "hunter2-secret" }\n'},
+                '[plan]\nllm_api = "cloud"\ngpus = [{index = 0, name = "RTX 4090", memory_total_mib = 24564}]\n')
+    r = cli(tmp_path, "plan", "--json")
+    assert "hunter2" not in r.stdout
+
+
+def test_shutdown_verb_and_no_daemon(tmp_path):
+    write_units(tmp_path, {"a": f'command = ["sh", "-c", "echo {MARK}; exec sleep 300"]\n'})
+    d = Daemon(tmp_path)
+    try:
+        poll(lambda: cli(tmp_path, "status").returncode == 0, 20, "ready")
+        assert cli(tmp_path, "shutdown").returncode == 0
+        assert d.proc.wait(15) == 0
+    finally:
+        d.close()
+    r = cli(tmp_path, "status")
+    assert r.returncode == 4
+    assert "qasup.sock" in r.stderr
+    for verb in (["start", "a"], ["stop", "a"], ["restart", "a"]):
+        assert cli(tmp_path, *verb).returncode == 4
