@@ -40,6 +40,7 @@ BACKOFF, STOPPING, STOPPED, FAILED = "backoff", "stopping", "stopped", "failed"
 RUNNING_STATES = (PREPARING, STARTING, READY, STOPPING)
 
 DRAIN_AFTER_EXIT = 2.0   # seconds to wait for the pipe's EOF after the leader exited, before killing leftovers
+DAEMON_VARIABLE = "QASUP_DAEMON"   # set in every process qasup starts: its guardian kills them if qasup is killed
 
 
 class EngineError(Exception):
@@ -127,6 +128,10 @@ class Service:
 
     def running(self) -> bool:
         return self.inst is not None
+
+    def process_env(self, unit: ResolvedUnit) -> dict[str, str]:
+        """The unit's environment plus this daemon's id (found in /proc by the guardian, see daemon.py)."""
+        return {**unit.env, DAEMON_VARIABLE: self.engine.daemon_id}
 
     # ------------------------------------------------------------------ the runner
 
@@ -258,7 +263,7 @@ class Service:
         self.log_line(f"prepare: {' '.join(unit.prepare_argv)}")
         try:
             code, out = await process.run_to_completion(
-                eng.reaper, unit.prepare_argv, cwd=unit.cwd, env=unit.env, timeout=spec.timeout,
+                eng.reaper, unit.prepare_argv, cwd=unit.cwd, env=self.process_env(unit), timeout=spec.timeout,
                 tag=f"{self.name}.prepare")
         except process.SpawnError as e:
             return f"prepare failed: {e}"
@@ -288,7 +293,8 @@ class Service:
             inst.marker = marker
             inst.probes = probes  # type: ignore[attr-defined]
             try:
-                inst.child = self.engine.reaper.spawn(unit.argv, cwd=unit.cwd, env=unit.env, stdout=write_fd,
+                inst.child = self.engine.reaper.spawn(unit.argv, cwd=unit.cwd, env=self.process_env(unit),
+                                                      stdout=write_fd,
                                                       stderr=write_fd, tag=self.name)
             except process.SpawnError as e:
                 os.close(read_fd)
@@ -373,7 +379,7 @@ class Service:
     async def _run_exec(self, argv: Sequence[str], timeout: float) -> int:
         try:
             code, _ = await process.run_to_completion(self.engine.reaper, argv, cwd=self.unit.cwd,
-                                                      env=self.unit.env, timeout=timeout,
+                                                      env=self.process_env(self.unit), timeout=timeout,
                                                       tag=f"{self.name}.probe")
             return code
         except process.SpawnError as e:
@@ -684,7 +690,8 @@ class Engine:
     """Runs a plan. ``await engine.run()`` returns the exit code of ``qasup up``."""
 
     def __init__(self, plan: Plan, reaper: process.Reaper, *, echo: logs.Echo | None,
-                 say: Callable[[str], None], planner: Callable[[], Plan] | None = None) -> None:
+                 say: Callable[[str], None], planner: Callable[[], Plan] | None = None,
+                 daemon_id: str | None = None) -> None:
         self.plan = plan
         self.stack = plan.config.stack
         self.graph = plan.graph
@@ -711,6 +718,7 @@ class Engine:
         self._tg: anyio.abc.TaskGroup | None = None
         self._killed = False
         self.reload_lock = anyio.Lock()
+        self.daemon_id = daemon_id or os.urandom(8).hex()
 
     # ------------------------------------------------------------------ life cycle
 
@@ -986,8 +994,9 @@ class Engine:
         with anyio.move_on_after(wait):
             for s in targets:
                 await self._settle(s, lambda x: (x.state == READY and x.instances > before[x.name])
-                                   or x.state == FAILED, wait)
-        bad = [s for s in targets if s.state != READY]
+                                   or x.state == FAILED or (x.state == WAITING and x.inst is None
+                                                            and self.deps_verdict(x.name)[0] != "ok"), wait)
+        bad = [s for s in targets if s.state not in (READY, WAITING)]
         if bad:
             raise EngineError("; ".join(f"{s.name}: {s.state}" + (f": {s.last_error}" if s.last_error else "")
                                         for s in bad), 409)
