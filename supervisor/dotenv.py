@@ -30,6 +30,8 @@ _KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _WRITABLE_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _EXPORT_RE = re.compile(r"export[ \t]+")
 _BARE_VALUE_RE = re.compile(r"^[A-Za-z0-9_./:,@%+=\-]+$")
+_DOUBLE_QUOTED_RE = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)
+_ESCAPE_RE = re.compile(r'\\([nrt"\\$])')
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\", "$": "$"}
 
 
@@ -76,12 +78,13 @@ def _scan(text: str) -> list[_Entry]:
         eol = text.find("\n", pos)
         if eol < 0:
             eol = length
-        stripped = text[pos:eol].strip()
-        if not stripped or stripped.startswith("#"):
+        segment = text[pos:eol]
+        stripped = segment.strip()
+        if not stripped or stripped[0] == "#":
             pos, line = eol + 1, line + 1
             continue
         start = pos
-        cur = pos + (len(text[pos:eol]) - len(text[pos:eol].lstrip()))
+        cur = pos + (len(segment) - len(segment.lstrip()))
         export = False
         m = _EXPORT_RE.match(text, cur, eol)
         if m is not None and _KEY_RE.match(text, m.end(), eol):
@@ -129,25 +132,18 @@ def _unquoted(raw: str) -> str:
 
 def _quoted(text: str, pos: int, line: int) -> tuple[str, int, int]:
     """Read a quoted value starting at the quote; returns (value, position after it, line)."""
-    quote = text[pos]
-    start_line = line
-    out: list[str] = []
-    cur = pos + 1
-    while cur < len(text):
-        char = text[cur]
-        if char == quote:
-            return "".join(out), cur + 1, line
-        if char == "\n":
-            line += 1
-        if char == "\\" and quote == '"' and cur + 1 < len(text):
-            nxt = text[cur + 1]
-            if nxt in _ESCAPES:
-                out.append(_ESCAPES[nxt])
-                cur += 2
-                continue
-        out.append(char)
-        cur += 1
-    raise DotenvError(start_line, f"the value's opening {quote} is never closed")
+    if text[pos] == "'":
+        close = text.find("'", pos + 1)
+        if close < 0:
+            raise DotenvError(line, "the value's opening ' is never closed")
+        value = text[pos + 1 : close]
+        return value, close + 1, line + value.count("\n")
+    m = _DOUBLE_QUOTED_RE.match(text, pos)
+    if m is None:
+        raise DotenvError(line, "the value's opening \" is never closed")
+    body = m.group(1)
+    value = _ESCAPE_RE.sub(lambda e: _ESCAPES[e.group(1)], body) if "\\" in body else body
+    return value, m.end(), line + body.count("\n")
 
 
 def format_value(value: str) -> str:
@@ -216,7 +212,8 @@ def update(path: str | os.PathLike[str], values: Mapping[str, str]) -> None:
 
 def _write_atomically(target: Path, text: str, existing: os.stat_result | None) -> None:
     folder = target.parent
-    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
+    hidden = target.name if target.name.startswith(".") else f".{target.name}"
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f"{hidden}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)

@@ -16,7 +16,7 @@ class Graph:
     nodes: tuple[str, ...]
     requires: Mapping[str, tuple[str, ...]]
     after: Mapping[str, tuple[str, ...]]
-    _order: tuple[str, ...] = field(default=(), compare=False)
+    _memo: dict = field(default_factory=dict, compare=False, repr=False)   # derived data, built on demand
 
     @classmethod
     def build(cls, nodes: Iterable[str], requires: Mapping[str, Iterable[str]],
@@ -33,35 +33,49 @@ class Graph:
         return self.requires[name] + self.after[name]
 
     def dependents(self, name: str, *, requires_only: bool = True, transitive: bool = True) -> list[str]:
-        """Units that wait for ``name`` (by ``requires`` only, by default), nearest first."""
+        """Units that wait for ``name`` (by ``requires`` only, by default), nearest first (by name within a
+        distance). Linear in the size of the graph: the reverse edges are built once per graph."""
+        rev = self._reverse(requires_only)
         out: list[str] = []
-        frontier = [name]
         seen = {name}
+        frontier = [name]
         while frontier:
-            nxt = []
-            for n in self.nodes:
-                if n in seen:
-                    continue
-                edges = self.requires[n] if requires_only else self.deps(n)
-                if any(f in edges for f in frontier):
-                    seen.add(n)
-                    nxt.append(n)
-                    out.append(n)
+            nxt = sorted({m for n in frontier for m in rev.get(n, ()) if m not in seen})
+            seen.update(nxt)
+            out += nxt
             frontier = nxt if transitive else []
         return out
 
     def reaches(self, src: str, dst: str) -> bool:
-        """True when ``src`` waits, directly or not, for ``dst``."""
-        stack, seen = [src], {src}
-        while stack:
-            n = stack.pop()
-            for d in self.deps(n):
-                if d == dst:
-                    return True
-                if d not in seen:
-                    seen.add(d)
-                    stack.append(d)
-        return False
+        """True when ``src`` waits, directly or not, for ``dst`` (``src != dst``). Each source's set of
+        everything it waits for is computed once per graph, so repeated questions cost O(1)."""
+        return dst in self.waits_for(src)
+
+    def waits_for(self, name: str) -> frozenset[str]:
+        """Everything ``name`` waits for, directly or not (not itself, unless it is on a cycle)."""
+        memo = self._memo.setdefault("closure", {})
+        hit = memo.get(name)
+        if hit is None:
+            seen: set[str] = set()
+            stack = [name]
+            while stack:
+                for d in self.deps(stack.pop()):
+                    if d not in seen:
+                        seen.add(d)
+                        stack.append(d)
+            hit = memo[name] = frozenset(seen)
+        return hit
+
+    def _reverse(self, requires_only: bool) -> dict[str, list[str]]:
+        key = "rev_requires" if requires_only else "rev_all"
+        rev = self._memo.get(key)
+        if rev is None:
+            rev = {}
+            for n in self.nodes:
+                for d in (self.requires[n] if requires_only else self.deps(n)):
+                    rev.setdefault(d, []).append(n)
+            self._memo[key] = rev
+        return rev
 
     def cycles(self) -> list[list[str]]:
         """Each dependency cycle once, as a path that ends where it starts (``a -> b -> a``)."""
@@ -107,13 +121,15 @@ class Graph:
                         comp.append(x)
                         if x == node:
                             break
-                    if len(comp) > 1:
+                    if len(comp) > 1 or comp[0] in self.deps(comp[0]):
                         sccs.append(comp)
         return [self._cycle_in(set(c)) for c in sccs]
 
     def _cycle_in(self, comp: set[str]) -> list[str]:
         """One concrete cycle through a strongly connected component, starting at its smallest name."""
         start = min(comp)
+        if len(comp) == 1:
+            return [start, start]
         # BFS for the shortest path from start back to start inside comp
         prev: dict[str, str] = {}
         frontier = [start]
@@ -133,7 +149,7 @@ class Graph:
                         prev[d] = n
                         nxt.append(d)
             frontier = nxt
-        return [start, start]  # unreachable for a real SCC
+        return [start, start]  # unreachable: every node of a strongly connected component is on a cycle
 
     def order(self) -> list[str]:
         """A topological order (dependencies first); ties by name. Requires an acyclic graph."""

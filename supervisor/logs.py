@@ -40,6 +40,7 @@ READ_SIZE: Final = 1 << 20          # largest single read from a pipe or a follo
 PIPE_SIZE: Final = 1 << 20          # requested pipe capacity (F_SETPIPE_SZ); failure is ignored
 MAX_LINE: Final = 64 * 1024         # default cap on a buffered unterminated line
 F_SETPIPE_SZ: Final = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_YIELD_EVERY: Final = 4 << 20       # capture lets other tasks run at least this often during a burst
 _NL: Final = b"\n"
 
 
@@ -92,16 +93,19 @@ async def capture(
 
     live = list(sinks)
     total = 0
+    unyielded = 0  # bytes handled since this task last let others run
     try:
         while True:
             try:
                 chunk = os.read(read_fd, READ_SIZE)
             except BlockingIOError:
                 await anyio.wait_readable(read_fd)
+                unyielded = 0
                 continue
             if not chunk:
                 break
             total += len(chunk)
+            unyielded += len(chunk)
             for sink in tuple(live):
                 try:
                     sink(chunk)
@@ -110,7 +114,8 @@ async def capture(
                         raise
                     live.remove(sink)
                     on_sink_error(sink, exc)
-            if len(chunk) == READ_SIZE:
+            if unyielded >= _YIELD_EVERY:
+                unyielded = 0
                 await anyio.lowlevel.checkpoint()  # a long burst must not starve other tasks
     finally:
         os.close(read_fd)
@@ -163,6 +168,49 @@ def _chunk_source(raw: bytes) -> bytes:
 # Syntax Python reads differently from PCRE/Hyperscan, which Hyperscan would accept silently:
 # `x{,3}` (Python: 0 to 3; PCRE: literal) and POSIX classes `[[:alpha:]]` (Python: a plain set).
 _PYTHON_ONLY: Final = (b"{,", b"[:", b"[=", b"[.")
+
+
+_HS_PAD: Final = 16
+
+
+def _dollar_positions(src: bytes) -> list[int]:
+    """Offsets of the `$` anchors in a pattern: not escaped, not inside a character class."""
+    found: list[int] = []
+    i, in_class = 0, False
+    while i < len(src):
+        c = src[i]
+        if c == 0x5C:  # backslash: skip the escaped byte
+            i += 2
+            continue
+        if in_class:
+            if c == 0x5D:  # ]
+                in_class = False
+        elif c == 0x5B:  # [ : a leading ] (after an optional ^) is a member, not the end
+            in_class = True
+            i += 1
+            if i < len(src) and src[i] == 0x5E:
+                i += 1
+            if i < len(src) and src[i] == 0x5D:
+                i += 1
+            continue
+        elif c == 0x24:
+            found.append(i)
+        i += 1
+    return found
+
+
+def _hyperscan_source(src: bytes) -> bytes | None:
+    """The pattern for Hyperscan, or None when it should be left to `re`.
+
+    Hyperscan 5.4 misses some MULTILINE `$` matches in multi-pattern databases (seen with the
+    PyPI wheel: `[^a]b$` next to `b$`), so a final `$` becomes `\\n`, which is the same thing here
+    because every scanned line is followed by a newline; a `$` anywhere else goes to `re`."""
+    dollars = _dollar_positions(src)
+    if not dollars:
+        return src
+    if dollars == [len(src) - 1]:
+        return src[:-1] + b"\\n"
+    return None
 
 
 def _can_match_empty(rx: re.Pattern[bytes]) -> bool:
@@ -220,25 +268,31 @@ class PatternSet:
     def _compile_hyperscan(self, hs: object, sources: list[bytes]) -> list[int]:
         """Compile the patterns Hyperscan accepts (each tried alone) into one block-mode database."""
         accepted: list[int] = []
+        hs_sources: dict[int, bytes] = {}
         flags = hs.HS_FLAG_MULTILINE  # type: ignore[attr-defined]
         for i, src in enumerate(sources):
             unsafe = next((s for s in _PYTHON_ONLY if s in src), None)
             if unsafe is not None:
                 self.fallback_reasons[i] = f"{unsafe.decode()!r} means something else to Hyperscan"
                 continue
+            hs_src = _hyperscan_source(src)
+            if hs_src is None:
+                self.fallback_reasons[i] = "'$' before the end of the pattern (Hyperscan misses some of those matches)"
+                continue
             if _can_match_empty(self._line_res[i]):
                 self.fallback_reasons[i] = "can match an empty string, which Hyperscan never reports"
                 continue
             try:
                 probe = hs.Database(mode=hs.HS_MODE_BLOCK)  # type: ignore[attr-defined]
-                probe.compile(expressions=[src], flags=flags)
+                probe.compile(expressions=[hs_src], flags=flags)
             except hs.error as exc:  # type: ignore[attr-defined]
                 self.fallback_reasons[i] = str(exc) or type(exc).__name__
             else:
                 accepted.append(i)
+                hs_sources[i] = hs_src
         if accepted:
             db = hs.Database(mode=hs.HS_MODE_BLOCK)  # type: ignore[attr-defined]
-            db.compile(expressions=[sources[i] for i in accepted], ids=accepted,
+            db.compile(expressions=[hs_sources[i] for i in accepted], ids=accepted,
                        flags=[flags] * len(accepted))
             self._db = db
         return accepted
@@ -271,8 +325,18 @@ class PatternSet:
         def on_match(pattern_id: int, _start: int, end: int, _flags: int, _ctx: object) -> None:
             add((pattern_id, end))
 
-        region = data if lo == 0 and hi == len(data) else memoryview(data)[lo:hi]
-        self._db.scan(region, match_event_handler=on_match)  # type: ignore[attr-defined]
+        # Hyperscan 5.4 (the PyPI wheel) misses some matches that end at or next to the end of
+        # the buffer in multi-pattern databases, so the lines are always followed by padding:
+        # real bytes of the chunk where there are enough, else a padded copy.
+        terminated = data[hi - 1] == 0x0A
+        if terminated and len(data) - hi >= _HS_PAD:
+            end_at = hi + _HS_PAD
+            buffer = data if lo == 0 and end_at == len(data) else memoryview(data)[lo:end_at]
+        else:
+            buffer = data[lo:hi] + (_NL if not terminated else b"") + _NL * _HS_PAD
+        self._db.scan(buffer, match_event_handler=on_match)  # type: ignore[attr-defined]
+        # a match ending on the newline after an unterminated last line still belongs to it
+        limit = hi if terminated else hi + 1
         if not ends:
             return []
         hits: list[tuple[int, int, int]] = []
@@ -280,6 +344,8 @@ class PatternSet:
         seen: set[tuple[int, int]] = set()
         for pattern_id, end in ends:
             pos = lo + (end - 1 if end > 0 else 0)
+            if pos >= limit:
+                continue  # in the padding
             line = current.get(pattern_id)
             if line is not None and line[0] <= pos < line[1]:
                 continue  # another end offset on a line already handled for this pattern
@@ -497,6 +563,9 @@ class RotatingFile:
             if cut > offset:
                 self._write_all(view[offset:cut])
                 offset = cut
+                if self.failing:  # disk full: do not rotate empty files over the good backups
+                    self._lose(size - offset, None)
+                    return
             if not self._rotate():
                 if self._fd >= 0:
                     self._write_all(view[offset:])  # keep logging into the oversized file
@@ -776,6 +845,9 @@ def _tail_with_backup(path: Path, current: tuple[int, int] | None, n: int, max_b
 # following a file
 
 
+_SEEN_TAIL: Final = 64
+
+
 class _Follower:
     """State of one followed path: the open file, its identity and the read position."""
 
@@ -785,6 +857,7 @@ class _Follower:
         self.fd: int | None = None
         self.ident: tuple[int, int] | None = None
         self.pos = 0
+        self.last = b""  # the bytes just before `pos`, to notice a truncation hidden by new writes
 
     def open_initial(self, from_end: bool, initial_lines: int) -> None:
         if not self._open():
@@ -792,6 +865,7 @@ class _Follower:
         size = os.fstat(self.fd).st_size  # type: ignore[arg-type]
         if from_end:
             self.pos = size
+            self.last = os.pread(self.fd, _SEEN_TAIL, max(0, size - _SEEN_TAIL))  # type: ignore[arg-type]
             if initial_lines > 0:
                 text = _tail_with_backup(self.path, (self.fd, size), initial_lines, 8 << 20)  # type: ignore[arg-type]
                 if text:
@@ -803,7 +877,7 @@ class _Follower:
         except (FileNotFoundError, NotADirectoryError):
             return False
         st = os.fstat(fd)
-        self.fd, self.ident, self.pos = fd, (st.st_dev, st.st_ino), 0
+        self.fd, self.ident, self.pos, self.last = fd, (st.st_dev, st.st_ino), 0, b""
         return True
 
     def close(self) -> None:
@@ -817,16 +891,26 @@ class _Follower:
 
         if self.fd is None:
             return
-        if os.fstat(self.fd).st_size < self.pos:
-            self.pos = 0  # truncated (copytruncate, `: > file`): start over
+        if self.pos and self._truncated():
+            self.pos, self.last = 0, b""  # truncated (copytruncate, `: > file`): start over
         while True:
             data = os.pread(self.fd, READ_SIZE, self.pos)
             if not data:
                 return
             self.pos += len(data)
+            self.last = data[-_SEEN_TAIL:] if len(data) >= _SEEN_TAIL else (self.last + data)[-_SEEN_TAIL:]
             self.on_chunk(data)
             if len(data) == READ_SIZE:
                 await anyio.lowlevel.checkpoint()
+
+    def _truncated(self) -> bool:
+        """Shorter than what was read, or (truncated and written again before we looked) no
+        longer holding the bytes last read just before the read position."""
+        if os.fstat(self.fd).st_size < self.pos:  # type: ignore[arg-type]
+            return True
+        if not self.last:
+            return False
+        return os.pread(self.fd, len(self.last), self.pos - len(self.last)) != self.last  # type: ignore[arg-type]
 
     async def check(self) -> None:
         """Read what is new, and switch to a file that replaced ours (rotation) or appeared."""
@@ -963,8 +1047,9 @@ async def _follow_watchfiles(follower: _Follower, started: anyio.Event | None) -
         root = _nearest_existing(target_dir)
         await follower.check()
         # rust_timeout: the first (empty) yield tells that the watcher runs; later ones re-check
+        # not recursive: once the next missing folder appears, the loop moves the watch down
         async for _changes in awatch(root, watch_filter=None, debounce=50, step=5,
-                                     recursive=root != target_dir, yield_on_timeout=True,
+                                     recursive=False, yield_on_timeout=True,
                                      rust_timeout=200):
             if started is not None and not started.is_set():
                 await follower.check()

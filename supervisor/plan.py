@@ -171,6 +171,8 @@ def make_plan(config: Config, overrides: Mapping[str, object], gpus: Sequence[Gp
         elif u.gpu == "all":
             ids = device_ids
         if u.gpu:
+            # NVML numbers GPUs in PCI order; CUDA, by default, fastest first: make them agree
+            genv["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
             genv["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, ids))
         services[name] = ServicePlan(name, ok, reason, gpu_ids=ids, env=genv, vram_mib=u.vram_mib)
     enabled = {n for n, s in services.items() if s.enabled}

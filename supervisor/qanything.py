@@ -124,7 +124,20 @@ class PlanOutcome:
             "GPUID2": "" if self.gpu_id2 is None else str(self.gpu_id2),
             "OFFCUT_TOKEN": str(self.offcut_token),
             "OCR_USE_GPU": "True" if self.ocr_use_gpu else "False",
+            **self.service_ports(),
         }
+
+    def service_ports(self) -> dict[str, str]:
+        """Where QAnything's code finds the services this plan starts, as the script wrote them to .env:
+        the embed/rerank Triton's gRPC port (10001 when one Triton serves everything, else 9001) and, for
+        the FastChat backends, the OpenAI-compatible server's port, model and template."""
+        one_triton = self.llm_api == "local" and self.runtime_backend == "default" and self.same_gpu
+        port = "10001" if one_triton else "9001"
+        out = {"RERANK_PORT": port, "EMBED_PORT": port}
+        if self.llm_api == "local" and self.runtime_backend in ("hf", "vllm", "sglang"):
+            out.update(LLM_API_SERVE_PORT="7802", LLM_API_SERVE_MODEL=self.model_name,
+                       LLM_API_SERVE_CONV_TEMPLATE=self.conv_template)
+        return out
 
     def when_facts(self) -> dict[str, Any]:
         """The facts a unit's ``[when]`` table can match on."""
@@ -221,7 +234,8 @@ def _validate(inputs: PlanInputs) -> _Valid:
         )
 
     model_size, size = _validate_model_size(str(inputs.model_size), llm_api, backend)
-    tensor_parallel = _validate_tensor_parallel(inputs.tensor_parallel, device_ids, device_id)
+    tensor_parallel = _validate_tensor_parallel(inputs.tensor_parallel, device_ids, device_id,
+                                                one_per_id=llm_api == "local" and backend != "default")
     utilization = _validate_utilization(inputs.gpu_memory_utilization)
     return _Valid(
         llm_api, device_ids, backend, model_name, model_size, size, tensor_parallel, utilization, conv_template
@@ -260,7 +274,11 @@ def _validate_model_size(text: str, llm_api: str, backend: str) -> tuple[str, De
     return raw, size
 
 
-def _validate_tensor_parallel(value: int | str, device_ids: tuple[int, ...], device_id: str) -> int:
+def _validate_tensor_parallel(value: int | str, device_ids: tuple[int, ...], device_id: str,
+                              one_per_id: bool = True) -> int:
+    """``0`` means one per GPU id for the FastChat backends (hf, vllm, sglang), whose worker spans the ids of
+    ``-i``; for the default backend and cloud plans it means 1, since there the second id of ``-i 0,1`` is the
+    embed/rerank Triton's GPU, as in run.sh (which used the two ids that way with tensor parallel 1)."""
     option = "-p/--tensor-parallel"
     allowed = "1, 2, 4, 8 or 16 (or 0 for one per GPU id in -i)"
     if isinstance(value, bool):
@@ -272,6 +290,8 @@ def _validate_tensor_parallel(value: int | str, device_ids: tuple[int, ...], dev
         if not text.isdigit():
             raise PlanInputError(option, f'"{text}" must be {allowed}')
         number = int(text)
+    if number == 0 and not one_per_id:
+        return 1
     if number == 0:
         number = len(device_ids)
         if number not in TENSOR_PARALLEL_SIZES:
@@ -558,7 +578,10 @@ def decide(inputs: PlanInputs, gpus: Sequence[GpuInfo]) -> PlanOutcome:
 
     _note_busy_gpus([by_index[i] for i in v.device_ids], messages)
 
-    if v.tensor_parallel == 1:
+    if v.llm_api == "local" and v.size == 0:
+        messages.append("Model size 0B: the GPU memory check for the local model is skipped.")
+    if v.tensor_parallel == 1 or v.size == 0:
+        # 0B (cloud, or the script's "skip the check" escape) needs only the table's first rows.
         verdict = vram_table(gpu1, v.size, v.model_size, backend, series, gpu_id1 == gpu_id2)
     elif gpu1.memory_total_mib < _MIN_MEMORY_MIB:
         verdict = VramVerdict(0, _too_small(gpu1))

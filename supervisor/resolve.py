@@ -93,31 +93,33 @@ def resolve_unit(stack: StackSpec, unit: UnitSpec, plan_env: Mapping[str, str], 
     (``check`` and ``plan`` do not write it, yet the unit must resolve as it will at ``up``).
     """
     n0 = len(probs.items)
-    environ = os.environ if environ is None else environ
-    base: dict[str, str] = dict(environ)
-    base.update(builtins(stack, unit.name))
+    # One snapshot of the environment per call: os.environ decodes on every access (a stack of a
+    # thousand units resolves a thousand times); merging plain dicts is cheap.
+    env0: dict[str, str] = dict(os.environ if environ is None else environ)
+    base = {**env0, **builtins(stack, unit.name)}
 
     def x(text: str, key: str, lookup: Mapping[str, str]) -> str:
         try:
             return expand(text, lookup)
         except UnknownVariable as e:
-            probs.add(unit.file, key, f"unknown variable ${{{e.name}}}: define it in env, an env file, the "
+            probs.add(unit.file_of(key), key, f"unknown variable ${{{e.name}}}: define it in env, an env file, the "
                                       f"environment, or write ${{{e.name}:-default}}")
             return text
 
     with_plan = {**base, **plan_env}
     files: dict[str, str] = {}
-    stack_env = stack.path(stack.env_file).resolve()
-    for i, f in enumerate(unit.env_files):
+    stack_env = os.path.normpath(stack.path(stack.env_file))
+    for f in unit.env_files:
         p = stack.path(x(f, "env_files", with_plan))
+        is_stack_env = os.path.normpath(p) == stack_env
         try:
             files.update(dotenv.load(p))
         except FileNotFoundError:
-            if p.resolve() != stack_env:
-                probs.add(unit.file, "env_files", f"{p}: no such file")
+            if not is_stack_env:
+                probs.add(unit.file_of("env_files"), "env_files", f"{p}: no such file")
         except (OSError, ValueError) as e:
-            probs.add(unit.file, "env_files", f"{p}: {e}")
-        if p.resolve() == stack_env and pending_env_file:
+            probs.add(unit.file_of("env_files"), "env_files", f"{p}: {e}")
+        if is_stack_env and pending_env_file:
             files.update(pending_env_file)
     env_ctx = {**base, **files, **plan_env}
     unit_env = {k: x(v, f"env.{k}", env_ctx) for k, v in unit.env.items()}
@@ -140,10 +142,13 @@ def resolve_unit(stack: StackSpec, unit: UnitSpec, plan_env: Mapping[str, str], 
                          x(r.http.expect, "ready.http.expect", lookup) if r.http.expect else None)
     tcp = None
     if r.tcp:
+        n_before = len(probs.items)
         hp = x(r.tcp, "ready.tcp", lookup)
         host, _, port = hp.rpartition(":")
-        if not port.isdigit() or not host or not 0 < int(port) < 65536:
-            probs.add(unit.file, "ready.tcp", f"{hp!r} is not HOST:PORT")
+        if len(probs.items) > n_before:
+            pass  # the unknown ${NAME} is the problem; do not report the unexpanded text as well
+        elif not port.isdigit() or not host or not 0 < int(port) < 65536:
+            probs.add(unit.file_of("ready.tcp"), "ready.tcp", f"{hp!r} is not HOST:PORT")
         else:
             tcp = (host.strip("[]"), int(port))
     ready = ReadyChecks(
@@ -157,7 +162,7 @@ def resolve_unit(stack: StackSpec, unit: UnitSpec, plan_env: Mapping[str, str], 
             msg = x(msg, f"on_log[{i}].message", lookup)
         rules.append(LogRule(rule.match, rule.action, rule.count, rule.within, rule.context, msg))
 
-    proc_env = {**environ, **files, **unit_env, **gpu_env, "QASUP_SERVICE": unit.name}
+    proc_env = {**env0, **files, **unit_env, **gpu_env, "QASUP_SERVICE": unit.name}
     if len(probs.items) > n0:
         return None
     return ResolvedUnit(

@@ -6,6 +6,7 @@ Defaults here are the documented defaults of interface.md.
 
 from __future__ import annotations
 
+import re
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,21 @@ from typing import Mapping
 
 def _empty() -> Mapping:
     return MappingProxyType({})
+
+
+_KEY_SPLIT = re.compile(r"[.\[]")
+
+
+def file_of(origins: Mapping[str, Path], key: str, default: Path) -> Path:
+    """The file that wrote ``key`` (a dotted path such as ``restart.delay`` or ``on_log[2].match``): the
+    nearest enclosing key recorded in ``origins`` (see :func:`supervisor.units.record_origins`), else ``default``."""
+    while key:
+        f = origins.get(key)
+        if f is not None:
+            return f
+        cut = max((m.start() for m in _KEY_SPLIT.finditer(key)), default=0)
+        key = key[:cut]
+    return default
 
 
 RESTART_POLICIES = ("always", "on-failure", "never")
@@ -113,6 +129,12 @@ class UnitSpec:
     stop: StopSpec = field(default_factory=StopSpec)
     on_log: tuple[LogRule, ...] = ()
     sources: tuple[Path, ...] = ()   # the unit file and its drop-ins, in the order applied
+    origins: Mapping[str, Path] = field(default_factory=_empty, compare=False)  # key -> drop-in that set it
+
+    def file_of(self, key: str) -> Path:
+        """The file that wrote ``key`` (``requires``, ``ready.http.url``, ``on_log[1].message``): the drop-in
+        that set it last, else the unit file. Use it to report a problem where the user must fix it."""
+        return file_of(self.origins, key, self.file) if self.origins else self.file
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,17 @@ Cross-unit checks that depend on the plan (unknown dependencies, cycles, ``${NAM
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tomllib
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from supervisor import spec as S
 from supervisor.errors import ConfigError, Problems
+from supervisor.spec import file_of
 from supervisor.units_values import NAME_RE, parse_duration, parse_signal, parse_size
 
 STACK_FILE = "qasup.toml"
@@ -44,8 +46,10 @@ _MISSING = object()
 class _Reader:
     """Typed access to one TOML table, reporting problems under a dotted key prefix."""
 
-    def __init__(self, probs: Problems, file: Path, data: dict[str, Any], prefix: str, allowed: set[str]):
+    def __init__(self, probs: Problems, file: Path, data: dict[str, Any], prefix: str, allowed: set[str],
+                 origins: Mapping[str, Path] | None = None):
         self.probs, self.file, self.data, self.prefix = probs, file, data, prefix
+        self.origins = origins or {}
         for key in data:
             if key not in allowed:
                 hint = _closest(key, allowed)
@@ -55,7 +59,8 @@ class _Reader:
         return f"{self.prefix}{key}"
 
     def err(self, key: str, message: str) -> None:
-        self.probs.add(self.file, self.key(key), message)
+        full = self.key(key)
+        self.probs.add(file_of(self.origins, full, self.file), full, message)
 
     def raw(self, key: str) -> Any:
         return self.data.get(key, _MISSING)
@@ -127,7 +132,7 @@ class _Reader:
                 self.err(key, f"{n!r} is not a valid service name (lowercase letters, digits, '_', '.', '-')")
         if len(set(v)) != len(v):
             self.err(key, "lists a name twice")
-        return v
+        return tuple(n for n in dict.fromkeys(v) if NAME_RE.match(n))  # reported once: later checks skip them
 
     def regex(self, key: str, default: Any = None) -> Any:
         v = self.str(key, default)
@@ -151,7 +156,8 @@ class _Reader:
 
     def sub(self, key: str, allowed: set[str]) -> _Reader | None:
         t = self.table(key)
-        return None if t is None else _Reader(self.probs, self.file, t, f"{self.key(key)}.", allowed)
+        return None if t is None else _Reader(self.probs, self.file, t, f"{self.key(key)}.", allowed,
+                                                   self.origins)
 
     def str_map(self, key: str) -> dict[str, str]:
         t = self.table(key)
@@ -204,6 +210,21 @@ def read_toml(path: Path, probs: Problems) -> dict[str, Any] | None:
     except (ValueError, RecursionError, OverflowError) as e:  # deep nesting, huge numbers
         probs.add(path, "-", f"TOML syntax error: {e}")
     return None
+
+
+def record_origins(origins: dict[str, Path], base: dict[str, Any], over: dict[str, Any], file: Path,
+                   prefix: str = "") -> None:
+    """Note in ``origins`` which keys ``file`` (a drop-in merged over ``base``) writes, as :func:`merge` does:
+    a table merged into a table keeps its own origin, anything else now belongs to ``file``."""
+    for k, v in over.items():
+        key = f"{prefix}{k}"
+        old = base.get(k)
+        if isinstance(v, dict) and isinstance(old, dict):
+            record_origins(origins, old, v, file, f"{key}.")
+            continue
+        for stale in [o for o in origins if o.startswith((f"{key}.", f"{key}["))]:
+            del origins[stale]
+        origins[key] = file
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -283,13 +304,15 @@ def _load(config: Path | None, cwd: Path, probs: Problems) -> S.Config | None:
             broken.add(name)
             continue
         sources = [path]
+        origins: dict[str, Path] = {}
         for d in dropin_dirs:
             for dp in sorted((d / f"{name}.d").glob("*.toml")) if (d / f"{name}.d").is_dir() else ():
                 over = read_toml(dp, probs)
                 if over is not None:
+                    record_origins(origins, data, over, dp)
                     data = merge(data, over)
                     sources.append(dp)
-        unit = _load_unit(name, path, data, probs, tuple(sources))
+        unit = _load_unit(name, path, data, probs, tuple(sources), origins)
         if unit is not None:
             units[name] = unit
     if not unit_files:
@@ -351,8 +374,8 @@ UNIT_KEYS = {
 
 
 def _load_unit(name: str, path: Path, data: dict[str, Any], probs: Problems,
-               sources: tuple[Path, ...]) -> S.UnitSpec | None:
-    r = _Reader(probs, path, data, "", UNIT_KEYS)
+               sources: tuple[Path, ...], origins: Mapping[str, Path] | None = None) -> S.UnitSpec | None:
+    r = _Reader(probs, path, data, "", UNIT_KEYS, origins)
     command = r.str_list("command", nonempty=True)
     if "command" not in data:
         r.err("command", "missing: every unit needs a command (an array of strings)")
@@ -401,7 +424,8 @@ def _load_unit(name: str, path: Path, data: dict[str, Any], probs: Problems,
         kw["stop"] = S.StopSpec(sp.converted("signal", parse_signal, int(S.StopSpec.signal)),
                                 sp.duration("timeout", 10.0))
     kw["on_log"] = _load_rules(r)
-    return S.UnitSpec(name=name, file=path, command=command or (), sources=sources, **kw)
+    return S.UnitSpec(name=name, file=path, command=command or (), sources=sources,
+                      origins=MappingProxyType(dict(origins or {})), **kw)
 
 
 def _load_when(r: _Reader) -> MappingProxyType:
@@ -453,9 +477,11 @@ def _load_ready(r: _Reader) -> S.ReadySpec:
         rd.err("http", f"expected a URL string or a table, got {_typename(hv)}")
     if http is not None and not http.url.startswith(("http://", "https://", "${")):
         rd.err("http", f"{http.url!r} is not an http:// or https:// URL")
+        http = None
     tcp = rd.str("tcp")
     if tcp is not None and "${" not in tcp and not re.match(r"^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$", tcp):
         rd.err("tcp", f"{tcp!r} is not HOST:PORT")
+        tcp = None
     d = S.ReadySpec()
     spec = S.ReadySpec(
         log=rd.regex("log"), http=http, tcp=tcp, exec=rd.str_list("exec", nonempty=True),
@@ -476,7 +502,7 @@ def _load_rules(r: _Reader) -> tuple[S.LogRule, ...]:
     rules = []
     for i, t in enumerate(v, 1):
         rr = _Reader(r.probs, r.file, t, f"on_log[{i}].", {"match", "action", "count", "within", "context",
-                                                          "message"})
+                                                          "message"}, r.origins)
         match = rr.regex("match")
         if "match" not in t:
             rr.err("match", "missing: a rule needs a regex to match")
@@ -497,8 +523,11 @@ def _check_static(units: dict[str, S.UnitSpec], probs: Problems, broken: set[str
             for dep in getattr(u, key):
                 if dep not in known:
                     hint = _closest(dep, known)
-                    probs.add(u.file, key, f"unknown service {dep!r}: no unit is named so or provides it"
+                    probs.add(u.file_of(key), key, f"unknown service {dep!r}: no unit is named so or provides it"
                               + (f" (did you mean {hint!r}?)" if hint else ""))
-        for p in u.provides:
-            if p in units and p != u.name:
-                probs.add(u.file, "provides", f"{p!r} is the name of another unit")
+    for name, u in list(units.items()):
+        clash = [p for p in u.provides if p in units and p != u.name]
+        for p in clash:
+            probs.add(u.file_of("provides"), "provides", f"{p!r} is the name of another unit")
+        if clash:  # reported once here; keep the plan from reporting it again as two providers
+            units[name] = dataclasses.replace(u, provides=tuple(p for p in u.provides if p not in clash))

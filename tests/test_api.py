@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -120,14 +120,15 @@ class Server:
     controller: FakeController
     socket_path: Path
     info: ServeInfo
-    logs: list[str] = field(default_factory=list)
-    future: Any = None
+    logs: list[str]
+    scope: anyio.CancelScope
+    finished: threading.Event
 
     def stop(self) -> None:
-        self.future.cancel()
-        deadline = time.monotonic() + 5
-        while not self.future.done() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        """Cancel serve() and wait until it has returned (and cleaned up)."""
+        if not self.finished.is_set():
+            self.portal.call(self.scope.cancel)
+            assert self.finished.wait(5), "serve() did not return after cancellation"
 
 
 @pytest.fixture
@@ -152,10 +153,19 @@ def start_server(portal, short_dir):
         controller = FakeController(short_dir)
         path = socket_path or short_dir / "state" / "qasup.sock"
         logs: list[str] = []
-        future, info = portal.start_task(
-            lambda task_status: serve(controller, path, log=logs.append, limits=limits, task_status=task_status, **kwargs)
-        )
-        server = Server(portal, controller, path, info, logs, future)
+        scopes: list[anyio.CancelScope] = []
+        finished = threading.Event()
+
+        async def run(task_status=anyio.TASK_STATUS_IGNORED) -> None:
+            try:
+                with anyio.CancelScope() as scope:
+                    scopes.append(scope)
+                    await serve(controller, path, log=logs.append, limits=limits, task_status=task_status, **kwargs)
+            finally:
+                finished.set()
+
+        _, info = portal.start_task(run)
+        server = Server(portal, controller, path, info, logs, scopes[0], finished)
         started.append(server)
         return server
 
@@ -450,7 +460,7 @@ def test_tcp_listener_requires_bearer_token(start_server):
     assert_status_ok(server)
 
 
-@pytest.mark.parametrize("token", [None, "", "short-token-19-chars"])
+@pytest.mark.parametrize("token", [None, "", "short-token-19-char"])
 def test_tcp_listener_refused_without_a_long_token(portal, short_dir, token):
     path = short_dir / "qasup.sock"
     with pytest.raises(ListenError, match="QASUP_TOKEN"):
@@ -557,8 +567,8 @@ def test_500_connections_at_once(start_server):
     try:
         for _ in range(500):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(str(server.socket_path))  # blocking: waits while the backlog is full
             sock.settimeout(5)
-            sock.connect(str(server.socket_path))
             socks.append(sock)
         # The excess is answered 503 and closed promptly, not queued until the others time out.
         started = time.monotonic()

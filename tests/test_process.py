@@ -34,7 +34,7 @@ from supervisor.process import (
 
 STANDINS = Path(__file__).resolve().parent / "standins"
 PY = sys.executable
-SLACK = 1.0  # seconds allowed beyond a stop timeout on a loaded 2-core machine
+SLACK = 1.5  # seconds allowed beyond a stop timeout on a loaded 2-core machine
 
 pytestmark = pytest.mark.anyio
 
@@ -176,27 +176,31 @@ async def test_spawn_runs_in_own_session_with_cwd_env_and_tag(tmp_path: Path) ->
 
 @pytest.mark.parametrize(
     "case",
-    ["missing-name", "missing-path", "not-executable", "bad-cwd", "cwd-is-file", "directory", "empty"],
+    ["missing-name", "missing-path", "not-executable", "bad-interpreter", "bad-cwd", "cwd-is-file", "directory",
+     "empty"],
 )
 async def test_spawn_errors_are_clear(tmp_path: Path, case: str) -> None:
     script = tmp_path / "tool.sh"
     script.write_text("#!/bin/sh\nexit 0\n")
     script.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    orphan_script = tmp_path / "orphan.sh"
+    orphan_script.write_text("#!/nonexistent/interpreter\n")
+    orphan_script.chmod(stat.S_IRWXU)
     argv, cwd, expect = {
-        "missing-name": (["qasup-no-such-command"], tmp_path, "qasup-no-such-command"),
-        "missing-path": ([str(tmp_path / "nope" / "bin")], tmp_path, str(tmp_path / "nope" / "bin")),
-        "not-executable": ([str(script)], tmp_path, str(script)),
-        "bad-cwd": (["/bin/true"], tmp_path / "gone", str(tmp_path / "gone")),
-        "cwd-is-file": (["/bin/true"], script, str(script)),
-        "directory": ([str(tmp_path)], tmp_path, str(tmp_path)),
+        "missing-name": (["qasup-no-such-command"], tmp_path, "'qasup-no-such-command': command not found in PATH="),
+        "missing-path": (["nope/bin"], tmp_path, f"{tmp_path}/nope/bin: no such file"),
+        "not-executable": ([str(script)], tmp_path, f"{script}: permission denied"),
+        "bad-interpreter": ([str(orphan_script)], tmp_path, f"{orphan_script}: its #! interpreter"),
+        "bad-cwd": (["/bin/true"], tmp_path / "gone", f"working directory '{tmp_path}/gone' does not exist"),
+        "cwd-is-file": (["/bin/true"], script, f"working directory '{script}' is not a directory"),
+        "directory": ([str(tmp_path)], tmp_path, f"{tmp_path}: is a directory"),
         "empty": ([], tmp_path, "empty command"),
     }[case]
     async with reaper_with_cleanup() as (reaper, children):
         with pytest.raises(SpawnError) as info:
             spawn(reaper, children, argv, cwd=cwd)
         assert expect in str(info.value)
-        assert info.value.__traceback__ is not None and info.value.__cause__ is None
-        assert not isinstance(info.value, OSError)
+        assert info.value.__cause__ is None and not isinstance(info.value, OSError)
         assert reaper.running() == []
 
 
@@ -236,7 +240,7 @@ async def test_terminate_is_quick_for_a_cooperative_service() -> None:
         child, _ = await spawn_reporting(reaper, children, standin("tree"))
         begin = time.monotonic()
         assert await terminate(child, signal.SIGTERM, 10) == 143
-        assert time.monotonic() - begin < 1.0
+        assert time.monotonic() - begin < SLACK
 
 
 async def test_members_after_the_leader_is_gone_found_by_tag() -> None:
@@ -309,6 +313,29 @@ async def test_run_to_completion_timeout_stops_the_tree() -> None:
         assert 0.8 <= time.monotonic() - begin < 0.8 + SLACK
         tree = json.loads(info.value.output.decode().splitlines()[0])
         assert not any(alive(pid) for pid in (tree["leader"], *tree["members"].values()))
+
+
+async def test_run_to_completion_cancelled_from_outside_stops_the_tree() -> None:
+    async with reaper_with_cleanup() as (reaper, children):
+        with anyio.move_on_after(0.5):
+            await run_to_completion(reaper, standin("tree", "ignore"), cwd=STANDINS, env=dict(os.environ),
+                                    timeout=30, tag="prepare", stop_timeout=0.2)
+        assert reaper.running() == []
+        assert not [pid for pid in _pids_tagged("prepare:") if alive(pid)]
+
+
+def _pids_tagged(prefix: str) -> list[int]:
+    """Processes whose environment carries a QASUP_INSTANCE tag starting with ``prefix``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                environ = (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if f"{TAG_VARIABLE}={prefix}".encode() in environ:
+                found.append(int(entry.name))
+    return found
 
 
 async def test_run_to_completion_stops_leftovers() -> None:

@@ -285,7 +285,7 @@ def test_busy_gpu_is_reported() -> None:
         ({"tensor_parallel": 3}, "-p/--tensor-parallel", "must be 1, 2, 4, 8 or 16"),
         ({"tensor_parallel": "x"}, "-p/--tensor-parallel", "must be 1, 2, 4, 8 or 16"),
         ({"tensor_parallel": 2}, "-p/--tensor-parallel", '2 needs 2 GPU ids in -i/--device-id, "0" lists 1'),
-        ({"device_id": "0,1,2"}, "-p/--tensor-parallel", "0 means one per GPU id"),
+        ({"device_id": "0,1,2", "runtime_backend": "vllm", "model_name": "m", "model_size": "7B"}, "-p/--tensor-parallel", "0 means one per GPU id"),
         ({"gpu_memory_utilization": 0}, "-r/--gpu-memory-utilization", "must be a number in (0, 1]"),
         ({"gpu_memory_utilization": "1.5"}, "-r/--gpu-memory-utilization", "must be a number in (0, 1]"),
         ({"gpu_memory_utilization": "nan"}, "-r/--gpu-memory-utilization", "must be a number in (0, 1]"),
@@ -348,3 +348,19 @@ def test_env_and_when_facts() -> None:
     assert data["device_ids"] == [0, 1] and isinstance(data["messages"], list)
     with pytest.raises(dataclasses.FrozenInstanceError):
         outcome.feasible = False  # type: ignore[misc]
+
+
+def test_tensor_parallel_zero_means_one_for_the_default_backend() -> None:
+    """run.sh used `-i 0,1 -b default` as LLM Triton on GPU 0 and embed/rerank on GPU 1, tensor parallel 1."""
+    cards = [gpu(0, 24576), gpu(1, 24576)]
+    out = decide(PlanInputs(device_id="0,1"), cards)
+    assert out.feasible, out.error
+    assert (out.tensor_parallel, out.runtime_backend, out.gpu_id1, out.gpu_id2) == (1, "default", 0, 1)
+    env = out.env()
+    assert env["RERANK_PORT"] == env["EMBED_PORT"] == "9001"
+    one = decide(PlanInputs(device_id="0"), cards)
+    assert one.env()["RERANK_PORT"] == "10001"
+    vllm = decide(PlanInputs(device_id="0,1", runtime_backend="vllm", model_name="Qwen-7B", model_size="7B",
+                             conv_template="qwen-7b-chat"), cards)
+    assert vllm.tensor_parallel == 2
+    assert vllm.env()["LLM_API_SERVE_MODEL"] == "Qwen-7B" and vllm.env()["LLM_API_SERVE_PORT"] == "7802"

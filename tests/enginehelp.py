@@ -1,0 +1,281 @@
+"""Helpers for the engine tests: build a stack folder, run ``qasup up`` as a subprocess (the user's view),
+read what it records, and make sure nothing it started outlives the test.
+
+Every run carries a unique marker in its environment (``QASUP_TEST_MARK``); services inherit qasup's
+environment, so :meth:`Up.leftovers` finds every process of the run in ``/proc`` (setsid'd grandchildren
+included) and the ``up`` fixture SIGKILLs and reports whatever is left at teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pytest
+
+PY = sys.executable
+STANDINS = Path(__file__).parent / "standins"
+MARK_VAR = "QASUP_TEST_MARK"
+
+
+def standin(name: str) -> str:
+    return str(STANDINS / name)
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a TOML basic string is a JSON string for what we write
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(type(v))
+
+
+def to_toml(doc: dict[str, Any]) -> str:
+    """A small TOML writer: top-level scalars, then tables, then arrays of tables (``on_log``)."""
+    lines = []
+    for k, v in doc.items():
+        if not isinstance(v, dict) and not (isinstance(v, list) and v and isinstance(v[0], dict)):
+            lines.append(f"{k} = {toml_value(v)}")
+    for k, v in doc.items():
+        if isinstance(v, dict):
+            lines.append(f"[{k}]")
+            lines += [f"{kk} = {toml_value(vv)}" for kk, vv in v.items()]
+    for k, v in doc.items():
+        if isinstance(v, list) and v and isinstance(v[0], dict):
+            for item in v:
+                lines.append(f"[[{k}]]")
+                lines += [f"{kk} = {toml_value(vv)}" for kk, vv in item.items()]
+    return "\n".join(lines) + "\n"
+
+
+def poll(pred: Callable[[], Any], timeout: float, what: str | Callable[[], str], pause: float = 0.02) -> Any:
+    """Call ``pred`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what() if callable(what) else what}")
+        time.sleep(pause)
+
+
+def marked_pids(marker: str) -> list[int]:
+    """Live (non-zombie) processes whose environment holds ``QASUP_TEST_MARK=marker``."""
+    needle = f"{MARK_VAR}={marker}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = f.read()
+            with open(f"/proc/{name}/stat", "rb") as f:
+                st = f.read()
+        except OSError:
+            continue
+        if st[st.rfind(b")") + 2:][:1] in (b"Z", b"X"):
+            continue
+        if needle in env.split(b"\0"):
+            found.append(int(name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            st = f.read()
+    except OSError:
+        return False
+    return st[st.rfind(b")") + 2:][:1] not in (b"Z", b"X")
+
+
+class Stack:
+    """A stack folder: ``unit(name, **keys)`` writes services.d/NAME.toml, ``stack(**keys)`` qasup.toml."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "services.d").mkdir(parents=True, exist_ok=True)
+        self._stack: dict[str, Any] = {}
+
+    def unit(self, name: str, **doc: Any) -> Path:
+        p = self.root / "services.d" / f"{name}.toml"
+        p.write_text(to_toml(doc))
+        return p
+
+    def stack(self, **keys: Any) -> None:
+        self._stack.update(keys)
+        (self.root / "qasup.toml").write_text(to_toml({"stack": self._stack}))
+
+
+class Up:
+    """One ``qasup up`` run: a subprocess in its own session, stdout+stderr to a file."""
+
+    def __init__(self, root: Path, marker: str) -> None:
+        self.root = root
+        self.marker = marker
+        self.proc: subprocess.Popen | None = None
+        self.out_path = root / "qasup.out"
+        self.code: int | None = None
+
+    def start(self, *args: str, env: dict[str, str] | None = None, wrap: Iterable[str] = ()) -> Up:
+        full = {**os.environ, MARK_VAR: self.marker, "PYTHONUNBUFFERED": "1", **(env or {})}
+        full.pop("QASUP_SOCKET", None)
+        self._out = open(self.out_path, "wb")
+        self.proc = subprocess.Popen([*wrap, PY, "-m", "supervisor", "up", *args], cwd=self.root, env=full,
+                                     stdin=subprocess.DEVNULL, stdout=self._out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        return self
+
+    # ---------------------------------------------------------------- what it recorded
+
+    @property
+    def out(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    @property
+    def state_dir(self) -> Path:
+        import tomllib
+
+        try:
+            doc = tomllib.loads((self.root / "qasup.toml").read_text())
+        except FileNotFoundError:
+            doc = {}
+        return self.root / doc.get("stack", {}).get("state_dir", ".qasup")
+
+    def events(self) -> list[dict]:
+        p = self.state_dir / "events.jsonl"
+        try:
+            text = p.read_text()
+        except FileNotFoundError:
+            return []
+        evs = []
+        for line in text.splitlines():
+            if line.endswith("}"):
+                try:
+                    evs.append(json.loads(line))
+                except ValueError:
+                    pass
+        return evs
+
+    def states(self, name: str) -> list[str]:
+        return [e["state"] for e in self.events() if e.get("service") == name]
+
+    def first(self, name: str, state: str) -> dict | None:
+        return next((e for e in self.events() if e.get("service") == name and e["state"] == state), None)
+
+    def wait_state(self, name: str, state: str, timeout: float = 10.0, nth: int = 1) -> dict:
+        def get():
+            evs = [e for e in self.events() if e.get("service") == name and e["state"] == state
+                   and e.get("prev") != state]
+            return evs[nth - 1] if len(evs) >= nth else None
+        return poll(get, timeout, lambda: f"{name} {state} (#{nth}); output so far:\n{self.out}")
+
+    def wait_out(self, text: str, timeout: float = 10.0) -> None:
+        poll(lambda: text in self.out, timeout, lambda: f"{text!r} on qasup's stdout; output so far:\n{self.out}")
+
+    def log(self, name: str) -> bytes:
+        return (self.root / "logs" / f"{name}.log").read_bytes()
+
+    def status(self, *names: str) -> tuple[int, dict | None]:
+        env = {k: v for k, v in os.environ.items() if k != "QASUP_SOCKET"}
+        r = subprocess.run([PY, "-m", "supervisor", "status", "--json", *names], cwd=self.root, env=env,
+                           capture_output=True, timeout=20)
+        try:
+            return r.returncode, json.loads(r.stdout)
+        except ValueError:
+            return r.returncode, None
+
+    def service_status(self, name: str) -> dict:
+        code, doc = self.status()
+        assert doc is not None, f"status answered {code}"
+        return next(s for s in doc["services"] if s["name"] == name)
+
+    # ---------------------------------------------------------------- life cycle
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 15.0) -> int:
+        assert self.proc is not None
+        try:
+            self.code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"qasup up did not exit within {timeout}s; output:\n{self.out}") from None
+        return self.code
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM (an ordered shutdown) and the exit code."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def leftovers(self) -> list[int]:
+        return marked_pids(self.marker)
+
+    def cleanup(self) -> list[str]:
+        """Kill the qasup session and every marked process; describe what had to be killed."""
+        left: list[str] = []
+        if self.proc is not None and self.proc.poll() is None:
+            # a test that failed half-way: ask for the ordered shutdown first, then insist
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                left.append(f"qasup up (pid {self.proc.pid}) ignored SIGTERM for 10 s")
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        deadline = time.monotonic() + 3
+        pids = self.leftovers()
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.05)  # a just-stopped tree may still be vanishing (reaped by its new parent)
+            pids = self.leftovers()
+        for pid in pids:
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                cmd = "?"
+            left.append(f"pid {pid}: {cmd}")
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        if hasattr(self, "_out"):
+            self._out.close()
+        return left
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Stack:
+    return Stack(tmp_path)
+
+
+@pytest.fixture
+def up(tmp_path: Path):
+    """A factory for the ``qasup up`` run of this test; at teardown nothing it started may be left."""
+    runs: list[Up] = []
+
+    def make() -> Up:
+        u = Up(tmp_path, uuid.uuid4().hex)
+        runs.append(u)
+        return u
+
+    yield make
+    problems = []
+    for u in runs:
+        problems += u.cleanup()
+    assert not problems, "processes left behind:\n" + "\n".join(problems)

@@ -1,0 +1,425 @@
+"""The control verbs (supervisor.ctl) run in-process against a real API server on a Unix socket.
+
+A tiny argparse parser built with ``ctl.register()`` parses the command line the way cli.py does;
+the server is ``supervisor.api.serve()`` with an in-memory controller on a background event loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import anyio
+import anyio.from_thread
+import pytest
+
+from supervisor import ctl
+from supervisor.api import ControlError, serve
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class FakeController:
+    """Services with settable states; actions recorded; shutdown ends the server."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.stack_state = "ready"
+        self.services: dict[str, dict[str, Any]] = {
+            "sanic": {"state": "ready", "pid": 812, "restarts": 0, "uptime_s": 3725.0, "ready_after_s": 1.94,
+                      "exit_code": None, "last_error": None},
+            "llm-worker": {"state": "ready", "pid": 9, "restarts": 12, "uptime_s": 42.0, "ready_after_s": 0.35,
+                           "exit_code": None, "last_error": None},
+            "ocr": {"state": "disabled", "pid": None, "restarts": 0, "uptime_s": None, "ready_after_s": None,
+                    "exit_code": None, "last_error": None},
+        }
+        self.calls: list[tuple] = []
+        self.subscribers: list[Any] = []
+        self.reload_error: str | None = None
+        self.on_shutdown = lambda: None
+
+    def status(self, names=()) -> dict:
+        chosen = names or list(self.services)
+        return {"stack": {"state": self.stack_state, "pid": 1, "uptime_s": 3730.0},
+                "services": [{"name": n, **self.services[n], "gpu": None} for n in chosen]}
+
+    def has_service(self, name: str) -> bool:
+        return name in self.services
+
+    async def start(self, name: str) -> dict:
+        self.calls.append(("start", name))
+        if self.services[name]["state"] == "disabled":
+            raise ControlError(f"{name} is disabled by the plan", 409)
+        self.services[name]["state"] = "ready"
+        return {"name": name, "state": "ready"}
+
+    async def stop(self, name: str) -> dict:
+        self.calls.append(("stop", name))
+        self.services[name]["state"] = "stopped"
+        return {"name": name, "state": "stopped"}
+
+    async def restart(self, name: str, with_dependents: bool = False) -> dict:
+        self.calls.append(("restart", name, with_dependents))
+        return {"name": name, "state": "ready"}
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    @asynccontextmanager
+    async def subscribe_events(self):
+        send, receive = anyio.create_memory_object_stream[dict](100)
+        self.subscribers.append(send)
+        try:
+            async with receive:
+                yield receive
+        finally:
+            self.subscribers.remove(send)
+
+    async def reload(self) -> dict:
+        if self.reload_error:
+            raise ControlError(self.reload_error, 400)
+        return {"changed": ["sanic", "ocr"]}
+
+    async def shutdown(self) -> None:
+        self.calls.append(("shutdown",))
+        self.on_shutdown()
+
+
+class Daemon:
+    """serve() on a background event loop; ``stop()`` cancels it and waits for the clean-up."""
+
+    def __init__(self, portal: anyio.from_thread.BlockingPortal, socket_path: Path, log_dir: Path) -> None:
+        self.portal = portal
+        self.socket_path = socket_path
+        self.controller = FakeController(log_dir)
+        self.finished = threading.Event()
+        self.scope: anyio.CancelScope | None = None
+        portal.start_task(self._run)
+        self.controller.on_shutdown = lambda: self.scope.cancel()
+
+    async def _run(self, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with anyio.CancelScope() as self.scope:
+                await serve(self.controller, self.socket_path, log=lambda m: None, task_status=task_status)
+        finally:
+            self.finished.set()
+
+    def call(self, func, *args):
+        return self.portal.call(func, *args)
+
+    def stop(self) -> None:
+        if not self.finished.is_set():
+            self.portal.call(self.scope.cancel)
+            assert self.finished.wait(5)
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="qc", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def portal():
+    with anyio.from_thread.start_blocking_portal() as p:
+        yield p
+
+
+@pytest.fixture
+def daemon(portal, short_dir) -> Iterator[Daemon]:
+    d = Daemon(portal, short_dir / "qasup.sock", short_dir)
+    yield d
+    d.stop()
+
+
+def parse(socket_path: Path, *argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="qasup")
+    parser.add_argument("--socket")
+    sub = parser.add_subparsers(dest="verb")
+    ctl.register(sub)
+    return parser.parse_args(["--socket", str(socket_path), *argv])
+
+
+def run(socket_path: Path, *argv: str) -> int:
+    return ctl.run(parse(socket_path, *argv))
+
+
+# --------------------------------------------------------------------------- status
+
+
+def test_status_table_all_ready_exit_0(daemon, capsys, monkeypatch):
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert run(daemon.socket_path, "status") == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == "stack ready  pid 1  up 1h02m  2/2 services ready"
+    assert "\x1b[" not in out  # captured stdout is not a terminal: no colour
+    header = lines[1]
+    assert header.split() == ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "READY", "LAST", "ERROR"]
+    rows = {line.split()[0]: line for line in lines[2:]}
+    assert rows["sanic"].split() == ["sanic", "ready", "812", "1h02m", "0", "1.9s", "-"]
+    assert rows["llm-worker"].split() == ["llm-worker", "ready", "9", "42s", "12", "350ms", "-"]
+    assert rows["ocr"].split() == ["ocr", "disabled", "-", "-", "0", "-", "-"]
+    # aligned: every column starts at the same offset in every row
+    for title in ("STATE", "UPTIME", "READY", "LAST ERROR"):
+        col = header.index(title)
+        for row in rows.values():
+            assert row[col - 1] == " " and row[col] != " ", (title, row)
+
+
+def test_status_not_ready_exit_3_shows_last_error(daemon, capsys):
+    daemon.controller.services["llm-worker"].update(
+        state="backoff", pid=None, last_error="CUDA out of memory\n\x1b[31mtraceback\x1b[0m", exit_code=1)
+    daemon.controller.stack_state = "degraded"
+    assert run(daemon.socket_path, "status") == 3
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("llm-worker"))
+    assert "backoff" in row and "CUDA out of memory | ?[31mtraceback?[0m" in row  # no raw escapes
+    assert out.startswith("stack degraded")
+
+
+def test_status_names_and_json(daemon, capsys):
+    assert run(daemon.socket_path, "status", "sanic", "--json") == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload == daemon.controller.status(["sanic"])
+    daemon.controller.services["sanic"]["state"] = "starting"
+    assert run(daemon.socket_path, "status", "--json") == 3
+    assert json.loads(capsys.readouterr().out)["services"][0]["state"] == "starting"
+
+
+def test_status_unknown_service_exit_1(daemon, capsys):
+    assert run(daemon.socket_path, "status", "nope") == 1
+    assert "unknown service 'nope'" in capsys.readouterr().err
+
+
+def test_no_daemon_exit_4_names_the_socket(short_dir, capsys):
+    missing = short_dir / "none.sock"
+    for argv in (["status"], ["start", "x"], ["logs", "x"], ["reload"], ["shutdown"], ["events"]):
+        assert run(missing, *argv) == 4, argv
+        assert str(missing) in capsys.readouterr().err
+    stale = short_dir / "stale.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(stale))
+    sock.close()
+    assert run(stale, "status") == 4
+    assert "connection refused" in capsys.readouterr().err
+
+
+def test_colour_only_for_terminals_and_not_with_no_color(monkeypatch):
+    payload = {"stack": {"state": "ready"}, "services": [{"name": "a", "state": "failed", "last_error": "x"}]}
+    coloured = ctl.render_status(payload, colour=True)
+    assert "\x1b[1;31mfailed\x1b[0m" in coloured
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", coloured)
+    assert plain == ctl.render_status(payload, colour=False)
+
+    class Tty:
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    assert ctl._use_colour(Tty())
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not ctl._use_colour(Tty())
+
+
+def test_long_last_error_truncated_to_terminal_width():
+    payload = {"stack": {"state": "degraded"}, "services": [{"name": "a", "state": "failed", "last_error": "e" * 500}]}
+    for line in ctl.render_status(payload, width=80).splitlines():
+        assert len(line) <= 80
+
+
+# --------------------------------------------------------------------------- actions
+
+
+def test_start_stop_restart(daemon, capsys):
+    assert run(daemon.socket_path, "stop", "sanic", "llm-worker") == 0
+    assert capsys.readouterr().out == "sanic: stopped, now stopped\nllm-worker: stopped, now stopped\n"
+    assert run(daemon.socket_path, "start", "sanic") == 0
+    assert run(daemon.socket_path, "restart", "sanic", "--with-dependents") == 0
+    assert run(daemon.socket_path, "restart", "llm-worker") == 0
+    assert daemon.controller.calls[-2:] == [("restart", "sanic", True), ("restart", "llm-worker", False)]
+
+
+def test_action_failures_exit_1(daemon, capsys):
+    assert run(daemon.socket_path, "start", "ocr", "sanic") == 1  # the failure does not stop the rest
+    captured = capsys.readouterr()
+    assert "start ocr: ocr is disabled by the plan" in captured.err and "sanic: started" in captured.out
+    assert run(daemon.socket_path, "stop", "nope") == 1
+    assert "unknown service 'nope'" in capsys.readouterr().err
+    assert run(daemon.socket_path, "stop", "../etc") == 1
+    assert "invalid service name" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- logs, events
+
+
+def test_logs_last_lines_and_unknown_service(daemon, capsysbinary):
+    (daemon.controller.log_dir / "sanic.log").write_bytes(b"".join(b"l%d\n" % i for i in range(50)))
+    assert run(daemon.socket_path, "logs", "sanic", "-n", "3") == 0
+    assert capsysbinary.readouterr().out == b"l47\nl48\nl49\n"
+    assert run(daemon.socket_path, "logs", "nope") == 1
+    assert b"unknown service" in capsysbinary.readouterr().err
+
+
+def test_logs_follow_until_daemon_ends(daemon, capsysbinary):
+    log = daemon.controller.log_dir / "sanic.log"
+    log.write_bytes(b"a\nb\n")
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(run(daemon.socket_path, "logs", "sanic", "-n", "1", "-f")))
+    thread.start()
+    seen = b""
+
+    def wait_for(data: bytes) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 5
+        while data not in seen:
+            assert time.monotonic() < deadline, seen
+            seen += capsysbinary.readouterr().out
+            time.sleep(0.01)
+
+    wait_for(b"b\n")
+    with log.open("ab") as f:
+        f.write(b"c\n")
+    wait_for(b"c\n")
+    assert seen == b"b\nc\n"
+    daemon.stop()  # the daemon ends the stream cleanly when it stops: exit 0
+    thread.join(5)
+    assert result == [0]
+
+
+def test_events_printed_as_json_lines(daemon, capsys):
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(run(daemon.socket_path, "events")))
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not daemon.controller.subscribers:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    daemon.call(daemon.controller.subscribers[0].send_nowait, {"service": "sanic", "state": "ready"})
+    daemon.call(daemon.controller.subscribers[0].close)
+    thread.join(5)
+    assert result == [0]
+    assert [json.loads(x) for x in capsys.readouterr().out.splitlines()] == [{"service": "sanic", "state": "ready"}]
+
+
+# --------------------------------------------------------------------------- wait-ready
+
+
+def test_wait_ready_immediate_and_check_once(daemon, capsys):
+    assert run(daemon.socket_path, "wait-ready") == 0  # ocr is disabled: not awaited
+    daemon.controller.services["sanic"]["state"] = "starting"
+    started = time.monotonic()
+    assert run(daemon.socket_path, "wait-ready", "--timeout", "0") == 1
+    assert time.monotonic() - started < 1
+    assert "sanic (starting)" in capsys.readouterr().err
+    assert run(daemon.socket_path, "wait-ready", "llm-worker", "--timeout", "0") == 0
+
+
+def test_wait_ready_waits_for_transition(daemon):
+    daemon.controller.services["sanic"]["state"] = "starting"
+    timer = threading.Timer(0.3, lambda: daemon.controller.services["sanic"].update(state="ready"))
+    timer.start()
+    started = time.monotonic()
+    assert run(daemon.socket_path, "wait-ready", "--timeout", "10s") == 0
+    assert 0.25 < time.monotonic() - started < 2
+    timer.join()
+
+
+def test_wait_ready_fails_fast_on_failed_or_disabled(daemon, capsys):
+    daemon.controller.services["sanic"].update(state="failed", last_error="gave up after 5 restarts")
+    started = time.monotonic()
+    assert run(daemon.socket_path, "wait-ready", "--timeout", "30s") == 1
+    assert "sanic failed: gave up after 5 restarts" in capsys.readouterr().err
+    assert run(daemon.socket_path, "wait-ready", "ocr", "--timeout", "30s") == 1
+    assert "disabled" in capsys.readouterr().err
+    assert time.monotonic() - started < 2
+    assert run(daemon.socket_path, "wait-ready", "nope") == 1
+
+
+def test_wait_ready_times_out(daemon, capsys):
+    daemon.controller.services["sanic"]["state"] = "waiting"
+    started = time.monotonic()
+    assert run(daemon.socket_path, "wait-ready", "--timeout", "400ms") == 1
+    assert 0.35 < time.monotonic() - started < 2
+    assert "not ready after 400ms: waiting for sanic (waiting)" in capsys.readouterr().err
+
+
+def test_wait_ready_without_daemon_exits_1_and_waits_for_it(portal, short_dir, capsys):
+    path = short_dir / "later.sock"
+    assert run(path, "wait-ready", "--timeout", "0") == 1
+    assert str(path) in capsys.readouterr().err
+    daemons: list[Daemon] = []
+    timer = threading.Timer(0.3, lambda: daemons.append(Daemon(portal, path, short_dir)))
+    timer.start()
+    try:
+        assert run(path, "wait-ready", "--timeout", "10s") == 0
+    finally:
+        timer.join()
+        for d in daemons:
+            d.stop()
+
+
+# --------------------------------------------------------------------------- reload, shutdown
+
+
+def test_reload_ok_and_invalid(daemon, capsys):
+    assert run(daemon.socket_path, "reload") == 0
+    assert capsys.readouterr().out == "reloaded; changed: sanic, ocr\n"
+    daemon.controller.reload_error = "services.d/sanic.toml: ready.timeout: 'x' is not a duration"
+    assert run(daemon.socket_path, "reload") == 2
+    err = capsys.readouterr().err
+    assert "old one stays" in err and "services.d/sanic.toml: ready.timeout" in err
+
+
+def test_shutdown_and_wait(daemon, capsys):
+    assert run(daemon.socket_path, "shutdown", "--wait", "--timeout", "5s") == 0
+    assert daemon.controller.calls == [("shutdown",)]
+    assert capsys.readouterr().out == "daemon stopped\n"
+    assert daemon.finished.wait(5) and not daemon.socket_path.exists()
+
+
+# --------------------------------------------------------------------------- helpers, help, start-up
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (None, "-"), (0.35, "350ms"), (1.94, "1.9s"), (42.7, "42s"), (303, "5m03s"), (3725, "1h02m"), (183600, "2d03h"),
+])
+def test_format_duration(seconds, text):
+    assert ctl.format_duration(seconds) == text
+
+
+def test_parse_timeout():
+    assert ctl.parse_timeout("60s") == 60 and ctl.parse_timeout("0") == 0
+    assert ctl.parse_timeout("1m30s") == 90 and ctl.parse_timeout("500ms") == 0.5 and ctl.parse_timeout("2.5") == 2.5
+    for bad in ("", "-1", "10x", "s", "1.2.3s"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            ctl.parse_timeout(bad)
+
+
+def test_every_verb_has_help_and_examples():
+    parser = argparse.ArgumentParser(prog="qasup")
+    sub = parser.add_subparsers(dest="verb")
+    ctl.register(sub)
+    assert set(sub.choices) == set(ctl.VERBS)
+    for name, p in sub.choices.items():
+        assert "examples:" in p.format_help() and f"qasup {name}" in p.format_help(), name
+
+
+def test_ctl_imports_only_the_standard_library():
+    code = ("import sys; import supervisor.ctl; "
+            "print(sorted(m for m in ('anyio', 'h11', 'httpx', 'asyncio', 'http.client', 'email') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.strip() == "[]"
