@@ -132,7 +132,7 @@ def make_plan(config: Config, overrides: Mapping[str, object], gpus: Sequence[Gp
 
     Raises :class:`supervisor.qanything.PlanInputError` for invalid inputs (flags or [plan] values).
     """
-    environ = os.environ if environ is None else environ
+    environ = dict(os.environ) if environ is None else environ
     stack = config.stack
     inputs = plan_inputs(config, overrides)
     rules = uses_rules(config, overrides)
@@ -188,7 +188,7 @@ def make_plan(config: Config, overrides: Mapping[str, object], gpus: Sequence[Gp
     for p, who in providers.items():
         if len(who) > 1:
             for n in who:
-                probs.add(config.units[n].file, "provides",
+                probs.add(config.units[n].file_of("provides"), "provides",
                           f"{p!r} is provided by {len(who)} enabled units ({', '.join(sorted(who))}); "
                           "at most one may be enabled in a plan")
     req: dict[str, list[str]] = {}
@@ -201,7 +201,7 @@ def make_plan(config: Config, overrides: Mapping[str, object], gpus: Sequence[Gp
                 req.setdefault(name, []).append(who[0])
             elif dep in all_providers:
                 dis = ", ".join(f"{d} ({services[d].reason})" for d in sorted(all_providers[dep]))
-                probs.add(u.file, "requires", f"requires {dep!r}, but it is disabled in this plan: {dis}; "
+                probs.add(u.file_of("requires"), "requires", f"requires {dep!r}, but it is disabled in this plan: {dis}; "
                           "use `after` for an optional dependency")
         for dep in u.after:
             for who in providers.get(dep, [])[:1]:
@@ -209,7 +209,8 @@ def make_plan(config: Config, overrides: Mapping[str, object], gpus: Sequence[Gp
     graph = Graph.build(enabled, req, aft)
     for cyc in graph.cycles():
         first = config.units[cyc[0]]
-        probs.add(first.file, "requires", "dependency cycle: " + " -> ".join(cyc))
+        key = "requires" if cyc[1] in graph.requires.get(cyc[0], ()) else "after"
+        probs.add(first.file_of(key), key, "dependency cycle: " + " -> ".join(cyc))
     cyclic = bool(graph.cycles())
 
     # Free-memory pre-flight and GPU ordering.
@@ -238,11 +239,14 @@ def make_plan(config: Config, overrides: Mapping[str, object], gpus: Sequence[Gp
     if not cyclic:
         for d, names in sorted(loaders.items()):
             order = _loader_order(graph, names, services)
+            added = False
             for a, b in zip(order, order[1:]):
                 if (a, b) not in gpu_edges and not graph.reaches(a, b) and not graph.reaches(b, a):
                     gpu_edges.append((a, b))
                     aft.setdefault(b, []).append(a)
-                    graph = Graph.build(enabled, req, aft)
+                    added = True
+            if added:   # a chain on one GPU cannot close a cycle; rebuild once per GPU
+                graph = Graph.build(enabled, req, aft)
         waves = graph.waves()
         for k, wave in enumerate(waves):
             for n in wave:
@@ -253,8 +257,9 @@ def make_plan(config: Config, overrides: Mapping[str, object], gpus: Sequence[Gp
     # Resolve every enabled unit (unknown ${NAME} are configuration problems) and check required paths.
     resolved: dict[str, ResolvedUnit] = {}
     missing: list[str] = []
+    env_cache: dict = {}
     for n in sorted(enabled):
-        r = resolve_unit(stack, config.units[n], plan_env, services[n].env, probs, environ, env_out)
+        r = resolve_unit(stack, config.units[n], plan_env, services[n].env, probs, environ, env_out, env_cache)
         if r is None:
             continue
         resolved[n] = r

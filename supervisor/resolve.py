@@ -86,7 +86,8 @@ def builtins(stack: StackSpec, name: str) -> dict[str, str]:
 
 def resolve_unit(stack: StackSpec, unit: UnitSpec, plan_env: Mapping[str, str], gpu_env: Mapping[str, str],
                  probs: Problems, environ: Mapping[str, str] | None = None,
-                 pending_env_file: Mapping[str, str] | None = None) -> ResolvedUnit | None:
+                 pending_env_file: Mapping[str, str] | None = None,
+                 env_cache: dict | None = None) -> ResolvedUnit | None:
     """Expand one unit. Problems go to ``probs`` as ``FILE: KEY: message``; returns None when there are any.
 
     ``pending_env_file``: the plan results that will be written to the stack's env file before the start
@@ -113,7 +114,18 @@ def resolve_unit(stack: StackSpec, unit: UnitSpec, plan_env: Mapping[str, str], 
         p = stack.path(x(f, "env_files", with_plan))
         is_stack_env = os.path.normpath(p) == stack_env
         try:
-            files.update(dotenv.load(p))
+            if env_cache is None:
+                files.update(dotenv.load(p))
+            else:   # one plan reads each env file once, however many units list it
+                if p not in env_cache:
+                    try:
+                        env_cache[p] = dotenv.load(p)
+                    except (OSError, ValueError) as e:
+                        env_cache[p] = e
+                got = env_cache[p]
+                if isinstance(got, BaseException):
+                    raise got
+                files.update(got)
         except FileNotFoundError:
             if not is_stack_env:
                 probs.add(unit.file_of("env_files"), "env_files", f"{p}: no such file")

@@ -143,6 +143,13 @@ class _Reader:
         except (re.error, OverflowError, RecursionError) as e:
             self.err(key, f"bad regular expression {v!r}: {e}")
             return default
+        from supervisor.logs import PatternError, compile_line_pattern   # log output is matched as bytes
+
+        try:
+            compile_line_pattern(v)
+        except (PatternError, OverflowError, RecursionError) as e:
+            self.err(key, str(e))
+            return default
         return v
 
     def table(self, key: str) -> dict[str, Any] | None:
