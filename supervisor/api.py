@@ -29,6 +29,7 @@ import os
 import re
 import socket
 import stat
+import sys
 import time
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ MIN_TOKEN_LENGTH = 20
 
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _MAX_QUERY_FIELDS = 16
+_BACKLOG = 512  # a full Unix-socket backlog makes clients with a time-out fail at once (EAGAIN)
 _SERVICE_ACTIONS = ("start", "stop", "restart")
 
 
@@ -121,6 +123,7 @@ class Limits:
     request_timeout: float = 10.0  # to receive one whole request; also the keep-alive idle time
     send_timeout: float = 30.0  # for one write to a client that stops reading
     max_connections: int = 64  # connections beyond this get 503 and are closed at once
+    max_streams: int = 32  # of those, streamed answers (events, logs -f); keeps room for status
     max_log_lines: int = 100_000  # largest ?n= for the logs endpoint
     follow_buffer_chunks: int = 1024  # followed log chunks queued for a slow reader before we drop it
 
@@ -134,8 +137,6 @@ class ServeInfo:
 
 
 def _default_log(message: str) -> None:
-    import sys
-
     print(message, file=sys.stderr, flush=True)
 
 
@@ -227,7 +228,7 @@ def _bind_unix_socket(path: Path) -> socket.socket:
     try:
         sock.bind(os.fspath(path))
         os.chmod(path, 0o600)
-        sock.listen(128)
+        sock.listen(_BACKLOG)
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
@@ -262,7 +263,7 @@ def _bind_tcp_socket(listen: tuple[str, int]) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(128)
+        sock.listen(_BACKLOG)
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
@@ -422,7 +423,7 @@ class _Channel:
 
     async def start_stream(self, content_type: str) -> None:
         """Send the head of a streamed response (chunked for HTTP/1.1, close-delimited for 1.0)."""
-        headers = [("Content-Type", content_type), ("Cache-Control", "no-store"), ("X-Accel-Buffering", "no")]
+        headers = [("Content-Type", content_type), ("Cache-Control", "no-store")]
         await self.send(h11.Response(status_code=200, headers=headers, reason=b"OK"))
 
 
@@ -453,7 +454,9 @@ class _ApiServer:
         self.limits = limits
         self._token = token.encode("utf-8") if token else None
         self._active = 0
+        self._streams = 0
         self._last_busy_log = 0.0
+        self._last_accept_log = 0.0
 
     # ----------------------------------------------------------------- accepting
 
@@ -464,8 +467,11 @@ class _ApiServer:
         while True:
             try:
                 stream = await listener.accept()
-            except (OSError, anyio.BrokenResourceError) as exc:
-                self.log(f"api: accept failed: {exc}; retrying")
+            except (OSError, anyio.BrokenResourceError) as exc:  # EMFILE and the like: wait, retry
+                now = time.monotonic()
+                if now - self._last_accept_log > 10.0:
+                    self._last_accept_log = now
+                    self.log(f"api: accept failed: {exc}; retrying")
                 await anyio.sleep(0.1)
                 continue
             if self._active >= self.limits.max_connections:
@@ -614,9 +620,9 @@ class _ApiServer:
         raise _Answer(404, "no such endpoint")
 
     def _known_name(self, name: str) -> str:
-        if not NAME_RE.match(name) or name.endswith("\n"):
+        if not NAME_RE.fullmatch(name):
             raise _Answer(400, f"invalid service name {name[:80]!r}: names match ^[a-z0-9][a-z0-9_.-]{{0,62}}$")
-        if not self.controller.has_service(name):
+        if not self._call_sync(self.controller.has_service, name):
             raise _Answer(404, f"unknown service {name!r}")
         return name
 
@@ -682,6 +688,18 @@ class _ApiServer:
                 raise _Answer(500, f"cannot read the log of {name}: {exc.strerror or exc}") from None
             await ch.respond(200, tail, content_type="text/plain; charset=utf-8")
             return True
+        self._take_stream_slot()
+        try:
+            return await self._follow_log(ch, name, path, n, logs)
+        finally:
+            self._streams -= 1
+
+    def _take_stream_slot(self) -> None:
+        if self._streams >= self.limits.max_streams:
+            raise _Answer(503, f"too many streaming clients (at most {self.limits.max_streams}); try again")
+        self._streams += 1
+
+    async def _follow_log(self, ch: _Channel, name: str, path: Path, n: int, logs: Any) -> bool:
         await ch.start_stream("text/plain; charset=utf-8")
         send_chunks, receive_chunks = anyio.create_memory_object_stream[bytes](self.limits.follow_buffer_chunks)
         overflow = False
@@ -702,28 +720,38 @@ class _ApiServer:
                     await ch.send(h11.Data(data=chunk))
             tg.cancel_scope.cancel()
 
-        async with send_chunks, anyio.create_task_group() as tg:
-            tg.start_soon(self._cancel_when_client_leaves, ch, tg.cancel_scope)
-            tg.start_soon(pump, tg)
-            # initial_lines: the last n lines, then what follows, with no gap or overlap.
-            await logs.follow(path, on_chunk, from_end=True, initial_lines=n)
-            tg.cancel_scope.cancel()
+        try:
+            async with send_chunks, anyio.create_task_group() as tg:
+                tg.start_soon(self._cancel_when_client_leaves, ch, tg.cancel_scope)
+                tg.start_soon(pump, tg)
+                # initial_lines: the last n lines, then what follows, with no gap or overlap.
+                await logs.follow(path, on_chunk, from_end=True, initial_lines=n)
+                tg.cancel_scope.cancel()
+        finally:
+            await _end_stream(ch)
         if overflow:
             self.log(f"api: {ch.peer}: log follower of {name} read too slowly; dropped")
         return False
 
     async def _events(self, ch: _Channel, req: _Request) -> bool:
         _check_query(req.query, [])
+        self._take_stream_slot()
+        try:
+            return await self._stream_events(ch)
+        finally:
+            self._streams -= 1
+
+    async def _stream_events(self, ch: _Channel) -> bool:
         async with self.controller.subscribe_events() as events:
             await ch.start_stream("application/x-ndjson")
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._cancel_when_client_leaves, ch, tg.cancel_scope)
-                async for event in events:
-                    await ch.send(h11.Data(data=_encode_json(event)))
-                tg.cancel_scope.cancel()
-        # The controller ended the stream (shutdown): finish the response properly.
-        with anyio.move_on_after(1.0):
-            await ch.send(h11.EndOfMessage())
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._cancel_when_client_leaves, ch, tg.cancel_scope)
+                    async for event in events:
+                        await ch.send(h11.Data(data=_encode_json(event)))
+                    tg.cancel_scope.cancel()
+            finally:
+                await _end_stream(ch)
         return False
 
     async def _cancel_when_client_leaves(self, ch: _Channel, scope: anyio.CancelScope) -> None:
@@ -751,6 +779,17 @@ class _ApiServer:
             raise _Answer(500, f"internal error: {type(exc).__name__}: {exc}") from None
 
 
+async def _end_stream(ch: _Channel) -> None:
+    """Finish a streamed answer properly (the final empty chunk), also when the server is being
+    cancelled, so that a follower sees a clean end rather than a broken connection."""
+    with anyio.CancelScope(shield=True), anyio.move_on_after(0.5):
+        try:
+            await ch.send(h11.EndOfMessage())
+        except (h11.LocalProtocolError, *_GONE_BASE):
+            pass
+
+
+_GONE_BASE = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
 _GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, TimeoutError, OSError)
 
 
@@ -770,6 +809,10 @@ def _check_request_head(request: h11.Request, limits: Limits) -> None:
     """Reject what h11 accepts but we do not serve: other HTTP versions, ambiguous or huge bodies."""
     if request.http_version not in (b"1.0", b"1.1"):
         raise _Reject(505, f"HTTP version {request.http_version.decode('ascii', 'replace')} is not supported")
+    # h11 bounds only an *incomplete* head; one that arrives whole in a single read is bounded here.
+    head_size = len(request.method) + len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
+    if head_size > limits.max_header_bytes:
+        raise _Reject(431, f"request head larger than {limits.max_header_bytes} bytes")
     has_length = has_chunked = False
     for name, value in request.headers:
         if name == b"content-length":

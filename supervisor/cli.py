@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -58,7 +59,41 @@ def _add_plan_flags(p: argparse.ArgumentParser) -> None:
                         '(also $QASUP_GPUS)')
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _OnlyVerb:
+    """A stand-in for argparse's subparsers object that builds the parser of one verb only.
+
+    ``qasup status`` runs as a health check: building all the other verbs' parsers costs more than the
+    request itself."""
+
+    def __init__(self, subparsers: Any, verb: str) -> None:
+        self._sub, self._verb = subparsers, verb
+
+    def add_parser(self, name: str, **kw: Any) -> argparse.ArgumentParser:
+        if name == self._verb:
+            return self._sub.add_parser(name, **kw)
+        return argparse.ArgumentParser(add_help=False)
+
+
+def _fast_verb(argv: list[str]) -> str | None:
+    """The control verb of a plain invocation (no help asked), else None."""
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("--config", "--socket"):
+            i += 2
+            continue
+        if a.startswith(("--config=", "--socket=")):
+            i += 1
+            continue
+        if a.startswith("-"):
+            return None
+        if a in ("up", "check", "plan") or "-h" in argv or "--help" in argv:
+            return None
+        return a
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qasup", description="qasup: a process supervisor for GPU question-answering stacks.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"qasup {__version__}")
     _add_common(parser, top=True)
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    if only is not None:
+        from supervisor import ctl
+
+        if only in ctl.VERBS:
+            ctl.register(_OnlyVerb(sub, only))
+            for p in sub.choices.values():
+                _add_common(p, top=False)
+            return parser
     fmt = argparse.RawDescriptionHelpFormatter
 
     up = sub.add_parser("up", help="run the stack in the foreground", formatter_class=fmt,
@@ -107,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(only=_fast_verb(argv))
     args = parser.parse_args(argv)
     if not args.verb:
         parser.print_help()

@@ -1,21 +1,27 @@
 """The CLI's client for the daemon's control socket: HTTP/1.1 over AF_UNIX, standard library only.
 
-``qasup status`` runs often (scripts, health checks), so this module imports only ``socket`` and
-``json``.  ``http.client`` would cost about 25 ms more here (it pulls in ``email.parser`` and
-``ssl``), so the client writes its one request and reads the answer itself: a status line,
-headers, then a body delimited by Content-Length, chunked encoding or end of stream.  It only
-talks to qasup's own server (h11), one request per connection (``Connection: close``), with
-every read bounded.
+``qasup status`` runs often (scripts, health checks), so this module imports only ``_socket`` and
+``json``.  ``http.client`` would cost 25-35 ms more (it pulls in ``email.parser`` and ``ssl``),
+and ``socket.py`` itself 4-5 ms (enum conversions, ``selectors``) for nothing we use, so the
+client uses the C socket type directly, writes its one request and reads the answer itself: a
+status line, headers, then a body delimited by Content-Length, chunked encoding or end of
+stream.  It only talks to qasup's own server (h11), one request per connection
+(``Connection: close``), with every read bounded.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
-from typing import Any, Iterator
+import time
 
-__all__ = ["NoDaemon", "ProtocolError", "RequestFailed", "request", "stream_chunks", "stream_lines"]
+import _socket  # the C module behind socket.py; see the module docstring
+
+TYPE_CHECKING = False  # typing costs ~5 ms to import; annotations are strings here anyway
+if TYPE_CHECKING:
+    from typing import Any, Iterator
+
+__all__ = ["NoDaemon", "ProtocolError", "RequestFailed", "StreamBroken", "request", "stream_chunks", "stream_lines"]
 
 DEFAULT_TIMEOUT = 10.0
 _MAX_HEAD = 64 * 1024  # status line + headers
@@ -33,6 +39,10 @@ class NoDaemon(Exception):
 
 class ProtocolError(Exception):
     """The daemon's answer is not HTTP as qasup's server speaks it."""
+
+
+class StreamBroken(NoDaemon):
+    """The daemon went away in the middle of a streamed answer (it ends streams cleanly on shutdown)."""
 
 
 class RequestFailed(Exception):
@@ -106,6 +116,50 @@ def _error_text(data: bytes) -> str:
     return data.decode("utf-8", "replace").strip()
 
 
+class _Reader:
+    """Buffered reads from a connected socket: readline, read exactly, read what is there."""
+
+    def __init__(self, sock: _socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(65536)
+        self.buffer += data
+        return bool(data)
+
+    def readline(self, limit: int) -> bytes:
+        """One line with its b"\\n"; at most ``limit`` bytes; what is left at end of stream."""
+        while True:
+            end = self.buffer.find(b"\n", 0, limit)
+            if end >= 0:
+                line, self.buffer = self.buffer[: end + 1], self.buffer[end + 1 :]
+                return line
+            if len(self.buffer) >= limit or not self._fill():
+                line, self.buffer = self.buffer[:limit], self.buffer[limit:]
+                return line
+
+    def read(self, n: int) -> bytes:
+        """``n`` bytes, fewer only at end of stream (pieces are joined once: large bodies stay linear)."""
+        parts, have = [self.buffer], len(self.buffer)
+        while have < n:
+            data = self.sock.recv(min(max(n - have, 65536), 1 << 20))
+            if not data:
+                break
+            parts.append(data)
+            have += len(data)
+        joined = b"".join(parts)
+        self.buffer = joined[n:]
+        return joined[:n]
+
+    def read1(self, n: int) -> bytes:
+        """What is buffered, else one receive; b"" at end of stream."""
+        if not self.buffer:
+            self._fill()
+        data, self.buffer = self.buffer[:n], self.buffer[n:]
+        return data
+
+
 class _Exchange:
     """One request/response on a fresh connection; the response head is read on entry."""
 
@@ -115,7 +169,7 @@ class _Exchange:
         self.socket_path = socket_path
         self.timeout = timeout
         self.sock = _connect(socket_path, timeout)
-        self.reader = self.sock.makefile("rb")
+        self.reader = _Reader(self.sock)
         self.status = 0
         self.headers: dict[str, str] = {}
         try:
@@ -139,7 +193,6 @@ class _Exchange:
         self.close()
 
     def close(self) -> None:
-        self.reader.close()
         self.sock.close()
 
     def _readline(self) -> bytes:
@@ -182,7 +235,7 @@ class _Exchange:
         except OSError as exc:
             raise NoDaemon(self.socket_path, f"connection lost: {exc.strerror or exc}") from None
         if len(data) != n:
-            raise ProtocolError("the daemon closed the connection in the middle of an answer")
+            raise StreamBroken(self.socket_path, "the connection was lost in the middle of an answer")
         return data
 
     def iter_body(self) -> Iterator[bytes]:
@@ -191,7 +244,7 @@ class _Exchange:
             while True:
                 size_line = self._readline()
                 if not size_line:
-                    raise ProtocolError("the daemon closed the connection in the middle of an answer")
+                    raise StreamBroken(self.socket_path, "the connection was lost in the middle of an answer")
                 try:
                     size = int(size_line.split(b";", 1)[0].strip(), 16)
                 except ValueError:
@@ -235,24 +288,32 @@ class _Exchange:
         return b"".join(parts)
 
 
-def _connect(socket_path: str | os.PathLike[str], timeout: float | None) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(os.fspath(socket_path))
-    except FileNotFoundError:
-        sock.close()
-        raise NoDaemon(socket_path, "the socket does not exist") from None
-    except ConnectionRefusedError:
-        sock.close()
-        raise NoDaemon(socket_path, "connection refused: stale socket, the daemon is not running") from None
-    except TimeoutError:
-        sock.close()
-        raise NoDaemon(socket_path, f"no answer within {timeout:g}s") from None
-    except PermissionError:
-        sock.close()
-        raise NoDaemon(socket_path, "permission denied: the socket belongs to another user") from None
-    except OSError as exc:
-        sock.close()
-        raise NoDaemon(socket_path, exc.strerror or str(exc)) from None
-    return sock
+def _connect(socket_path: str | os.PathLike[str], timeout: float | None) -> _socket.socket:
+    """Connect, retrying while the daemon's accept queue is full (EAGAIN), up to ``timeout``."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(os.fspath(socket_path))
+            return sock
+        except BlockingIOError:
+            sock.close()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise NoDaemon(socket_path, "the daemon's connection queue stayed full") from None
+            time.sleep(0.01)
+        except FileNotFoundError:
+            sock.close()
+            raise NoDaemon(socket_path, "the socket does not exist") from None
+        except ConnectionRefusedError:
+            sock.close()
+            raise NoDaemon(socket_path, "connection refused: stale socket, the daemon is not running") from None
+        except TimeoutError:
+            sock.close()
+            raise NoDaemon(socket_path, f"no answer within {timeout:g}s") from None
+        except PermissionError:
+            sock.close()
+            raise NoDaemon(socket_path, "permission denied: the socket belongs to another user") from None
+        except OSError as exc:
+            sock.close()
+            raise NoDaemon(socket_path, exc.strerror or str(exc)) from None

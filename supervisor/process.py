@@ -20,10 +20,8 @@ from __future__ import annotations
 import functools
 import os
 import signal
-import subprocess
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -316,7 +314,6 @@ class Reaper:
     def __init__(self) -> None:
         self._children: dict[int, Child] = {}
         self._thread = threading.get_ident()
-        self._parent_pid = os.getpid()
         self.orphans_reaped = 0
         self.subreaper = False
 
@@ -406,11 +403,13 @@ class Reaper:
         if not os.path.isdir(cwd):
             why = "does not exist" if not os.path.exists(cwd) else "is not a directory"
             raise SpawnError(f"cannot start {argv[0]!r}: working directory {cwd!r} {why}")
-        full_tag = f"{tag}:{uuid.uuid4().hex[:16]}"
+        full_tag = f"{tag}:{os.urandom(8).hex()}"
         environ = dict(env)
         inherited = environ.get(TAG_VARIABLE, "").strip()
         environ[TAG_VARIABLE] = f"{inherited} {full_tag}" if inherited else full_tag
         preexec = _pdeathsig_setup(os.getpid()) if pdeathsig else None
+        import subprocess  # here, not at module top: CLI verbs that never spawn skip its import cost
+
         try:
             popen = subprocess.Popen(
                 argv,
@@ -424,12 +423,8 @@ class Reaper:
                 start_new_session=True,
                 preexec_fn=preexec,
             )
-        except FileNotFoundError as exc:
-            raise SpawnError(_not_found(argv[0], cwd, environ, exc)) from None
-        except PermissionError as exc:
-            raise SpawnError(f"cannot start {argv[0]!r}: {exc.filename or argv[0]}: permission denied (not executable?)") from None
         except OSError as exc:
-            raise SpawnError(f"cannot start {argv[0]!r}: {exc.filename or argv[0]}: {exc.strerror or exc}") from None
+            raise SpawnError(_os_error_message(argv[0], cwd, environ, exc)) from None
         except (ValueError, TypeError) as exc:  # NUL bytes, non-string environment values
             raise SpawnError(f"cannot start {argv[0]!r}: {exc}") from None
         except subprocess.SubprocessError as exc:  # the preexec hook failed
@@ -458,64 +453,96 @@ def _pdeathsig_setup(parent: int) -> Callable[[], None]:
     return setup
 
 
-def _not_found(command: str, cwd: str, env: Mapping[str, str], exc: FileNotFoundError) -> str:
-    if exc.filename and os.fspath(exc.filename) == cwd:
-        return f"cannot start {command!r}: working directory {cwd!r} does not exist"
-    if "/" in command:
-        path = command if os.path.isabs(command) else os.path.join(cwd, command)
+def _os_error_message(command: str, cwd: str, env: Mapping[str, str], exc: OSError) -> str:
+    """A one-line reason why exec (or chdir) failed, naming the path that is at fault."""
+    prefix = f"cannot start {command!r}"
+    if exc.filename is not None and os.fspath(exc.filename) == cwd != command:
+        return f"{prefix}: working directory {cwd!r}: {exc.strerror or exc}"
+    if isinstance(exc, FileNotFoundError) and "/" not in command:
+        return f"{prefix}: command not found in PATH={env.get('PATH', os.defpath)}"
+    path = os.fspath(exc.filename) if exc.filename is not None else command
+    if "/" in command and not os.path.isabs(path):
+        path = os.path.join(cwd, path)
+    if isinstance(exc, FileNotFoundError):
         if os.path.exists(path):  # e.g. a script whose #! interpreter is missing
-            return f"cannot start {command!r}: {path}: its interpreter (#! line) or a library was not found"
-        return f"cannot start {command!r}: {path}: no such file"
-    return f"cannot start {command!r}: command not found in PATH={env.get('PATH', os.defpath)}"
+            return f"{prefix}: {path}: its #! interpreter or a library it needs was not found"
+        return f"{prefix}: {path}: no such file"
+    if isinstance(exc, PermissionError):
+        if os.path.isdir(path):
+            return f"{prefix}: {path}: is a directory"
+        return f"{prefix}: {path}: permission denied (is it executable?)"
+    return f"{prefix}: {path}: {exc.strerror or exc}"
 
 
 # --------------------------------------------------------------------------------------------
 # stopping and running to completion
 
 
-async def _wait_gone(child: Child, deadline: float, on_poll: Callable[[dict[int, _Stat]], None]) -> bool:
-    """Poll until the leader is reaped and no member is alive, or ``deadline`` (monotonic) passes."""
-    pause = _POLL_FIRST
-    while True:
-        live = _member_stats(child)
-        if child.returncode is not None and not live:
-            return True
-        now = time.monotonic()
-        if now >= deadline:
-            return False
-        on_poll(live)
-        await anyio.sleep(min(pause, deadline - now))
-        pause = min(pause * 2, _POLL_MAX)
+class _Stopper:
+    """State of one :func:`terminate`: which processes were seen as members and which got the
+    current signal. Once seen, a process stays tracked until it is a zombie or gone: a dying
+    process loses its memory map (so its environment tag becomes unreadable) before it turns
+    into a zombie, and it may still hold files and devices (GPU memory) until then."""
+
+    def __init__(self, child: Child) -> None:
+        self.child = child
+        self.tracked: dict[int, int] = {}  # pid -> start time
+        self.signalled: set[tuple[int, int]] = set()
+
+    def live(self) -> dict[int, int]:
+        """Every live member now: a fresh scan plus tracked processes that still run."""
+        for pid, st in _member_stats(self.child).items():
+            self.tracked[pid] = st.start
+        for pid, start in list(self.tracked.items()):
+            st = _stat(pid)
+            if st is None or st.start != start or not st.alive:
+                del self.tracked[pid]
+        return dict(self.tracked)
+
+    def send(self, sig: int, live: dict[int, int]) -> None:
+        """Send ``sig`` to every member that has not had it yet."""
+        for pid, start in live.items():
+            if (pid, start) not in self.signalled:
+                self.signalled.add((pid, start))
+                _signal_pid(pid, start, sig)
+
+    async def wait_gone(self, sig: int, deadline: float) -> bool:
+        """Poll until the leader is reaped and no member is alive (True), or until ``deadline``
+        (monotonic) passes (False); members that appear meanwhile get ``sig``."""
+        pause = _POLL_FIRST
+        while True:
+            live = self.live()
+            if self.child.returncode is not None and not live:
+                return True
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            self.send(sig, live)
+            await anyio.sleep(min(pause, deadline - now))
+            pause = min(pause * 2, _POLL_MAX)
 
 
 async def terminate(child: Child, sig: int, timeout: float) -> int:
     """Stop ``child``'s whole tree; returns the leader's exit code.
 
     Sends ``sig`` to the process group and to every member (members that appear later get it
-    too), waits up to ``timeout`` seconds for the leader and all members to be gone, then sends
-    SIGKILL to the group and all members (again every ``0.5 s``) until none remain. Needs the
-    :class:`Reaper` running. It does not give up on processes that ignore SIGKILL (stuck in
-    the kernel); bound it with a cancel scope if that matters.
+    too), waits up to ``timeout`` seconds for the leader and all members to be gone (zombies
+    count as gone), then sends SIGKILL to the group and all members (again every 0.5 s) until
+    none remain. Needs the :class:`Reaper` running. It does not give up on processes that
+    survive SIGKILL (stuck in the kernel); bound it with a cancel scope if that matters.
     """
-    signalled: set[tuple[int, int]] = set()
-
-    def send_once(live: dict[int, _Stat]) -> None:
-        for pid, st in live.items():
-            if (pid, st.start) not in signalled:
-                signalled.add((pid, st.start))
-                _signal_pid(pid, st.start, sig)
-
+    stopper = _Stopper(child)
     if child.returncode is None:
         child.signal_group(sig)
-    send_once(_member_stats(child))
-    if await _wait_gone(child, time.monotonic() + timeout, send_once):
+    stopper.send(sig, stopper.live())
+    if await stopper.wait_gone(sig, time.monotonic() + timeout):
         return child.returncode  # type: ignore[return-value]
-    sig = signal.SIGKILL
     while True:
-        child.signal_group(sig)
-        signalled.clear()
-        send_once(_member_stats(child))
-        if await _wait_gone(child, time.monotonic() + _KILL_RESEND, send_once):
+        if child.returncode is None:
+            child.signal_group(signal.SIGKILL)
+        stopper.signalled.clear()
+        stopper.send(signal.SIGKILL, stopper.live())
+        if await stopper.wait_gone(signal.SIGKILL, time.monotonic() + _KILL_RESEND):
             return child.returncode  # type: ignore[return-value]
 
 
@@ -570,13 +597,15 @@ async def run_to_completion(
                 if len(buf) > 2 * output_limit:
                     del buf[: len(buf) - output_limit]
 
-        timed_out = False
         async with anyio.create_task_group() as tg:
             tg.start_soon(drain)
-            with anyio.move_on_after(timeout) as scope:
-                await child.wait()
-            timed_out = scope.cancelled_caught
-            code = await terminate(child, stop_signal, stop_timeout)
+            try:
+                with anyio.move_on_after(timeout) as scope:
+                    await child.wait()
+            finally:
+                # also when cancelled from outside: never leave the command running
+                with anyio.CancelScope(shield=True):
+                    code = await terminate(child, stop_signal, stop_timeout)
             # every writer is gone now, unless the pipe leaked to a process outside the tree
             with anyio.move_on_after(0.5):
                 await eof.wait()
@@ -584,6 +613,6 @@ async def run_to_completion(
         output = bytes(buf[-output_limit:]) if output_limit > 0 else b""
     finally:
         os.close(read_fd)
-    if timed_out:
+    if scope.cancelled_caught:
         raise RunTimeout(f"{argv[0]!r} did not finish within {timeout:g}s", output)
     return code, output

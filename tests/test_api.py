@@ -303,6 +303,13 @@ def test_logs_tail_and_validation(server):
     assert client.request(server.socket_path, "GET", "/v1/services/nope/logs")[0] == 404
 
 
+def test_large_log_tail_arrives_intact(server):
+    lines = b"".join(b"%06d %s\n" % (i, b"x" * 90) for i in range(40_000))  # about 3.9 MB
+    (server.controller.log_dir / "sanic.log").write_bytes(lines)
+    status, payload = client.request(server.socket_path, "GET", "/v1/services/sanic/logs?n=40000")
+    assert status == 200 and payload == lines
+
+
 def test_logs_follow_streams_until_client_leaves(start_server):
     server = start_server(Limits(request_timeout=1.0, max_connections=1))
     log = server.controller.log_dir / "sanic.log"
@@ -364,6 +371,25 @@ def test_events_unsubscribed_when_client_goes_away(server):
     sock.close()
     wait_until(lambda: not server.controller.subscribers)
     assert_status_ok(server)
+
+
+def test_streams_are_capped_leaving_room_for_status(start_server):
+    server = start_server(Limits(request_timeout=1.0, max_streams=1))
+    first = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    first.settimeout(5)
+    first.connect(str(server.socket_path))
+    first.sendall(get("/v1/events"))
+    assert status_code(first.recv(65536)) == 200
+    second = raw_exchange(server.socket_path, get("/v1/events"))
+    assert status_code(second) == 503 and "too many streaming clients" in body_json(second)["error"]
+    assert_status_ok(server)
+    first.close()
+    wait_until(lambda: not server.controller.subscribers)
+
+
+def test_http_1_0_client(server):
+    response = raw_exchange(server.socket_path, b"GET /v1/status?names=sanic HTTP/1.0\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 200 ") and body_json(response)["services"][0]["name"] == "sanic"
 
 
 def test_reload_and_reload_error(server):
