@@ -11,6 +11,7 @@ import argparse
 import os
 import signal
 import sys
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,7 +19,7 @@ import anyio
 
 from supervisor import logs, process
 from supervisor.api import ControlError, DaemonAlreadyRunning, ListenError, serve
-from supervisor.engine import Engine, EngineError, ReloadRejected
+from supervisor.engine import DAEMON_VARIABLE, Engine, EngineError, ReloadRejected
 from supervisor.plan import Plan
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
@@ -106,9 +107,11 @@ async def _main(plan: Plan, args: argparse.Namespace) -> int:
             raise ReloadRejected(str(e)) from None
 
     code = 0
+    daemon_id = os.urandom(8).hex()
     try:
-        async with process.Reaper.open() as reaper:
-            engine = Engine(plan, reaper, echo=echo if services_echo else None, say=say, planner=planner)
+        async with process.Reaper.open() as reaper, _guardian(reaper, daemon_id, say):
+            engine = Engine(plan, reaper, echo=echo if services_echo else None, say=say, planner=planner,
+                            daemon_id=daemon_id)
             async with anyio.create_task_group() as tg:
                 with anyio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
                     tg.start_soon(_signals, signals, engine, say)
@@ -123,6 +126,66 @@ async def _main(plan: Plan, args: argparse.Namespace) -> int:
     finally:
         echo.close()
     return code
+
+
+# The guardian: a tiny process (no imports beyond os/time) that outlives a SIGKILLed qasup. It blocks reading a
+# pipe whose only write end qasup holds; at EOF (qasup exited, however it died) it SIGKILLs every process
+# whose environment carries this daemon's QASUP_DAEMON id: the services' setsid'd daemons and grandchildren
+# that PDEATHSIG (leaders only) does not reach. After a clean shutdown there is nothing left to kill.
+_GUARD_CODE = """
+import os, sys, time
+fd, needle = int(sys.argv[1]), ("%s=" + sys.argv[2]).encode()
+try:
+    while os.read(fd, 4096):
+        pass
+except OSError:
+    pass
+me = os.getpid()
+for _ in range(40):
+    hit = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open("/proc/%%s/environ" %% name, "rb") as f:
+                env = f.read().split(b"\\0")
+        except OSError:
+            continue
+        if needle in env:
+            hit += 1
+            try:
+                os.kill(int(name), 9)
+            except OSError:
+                pass
+    if not hit:
+        break
+    time.sleep(0.05)
+""" % DAEMON_VARIABLE
+
+
+@asynccontextmanager
+async def _guardian(reaper: process.Reaper, daemon_id: str, say: Callable[[str], None]):
+    """Run the guardian for the life of the block; on a clean exit, wait (briefly) until it is gone."""
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)   # never hold qasup's stdout open after it died
+    env = {k: v for k, v in os.environ.items() if k != DAEMON_VARIABLE}
+    try:
+        child = reaper.spawn([sys.executable, "-I", "-S", "-c", _GUARD_CODE, str(read_fd), daemon_id], cwd="/",
+                             env=env, stdout=null, stderr=null, tag="qasup-guardian", pdeathsig=False,
+                             pass_fds=(read_fd,))
+    except process.SpawnError as e:
+        child = None
+        say(f"no guardian ({e}): if qasup is killed with SIGKILL, services' own children may outlive it")
+    finally:
+        os.close(read_fd)
+        os.close(null)
+    try:
+        yield
+    finally:
+        os.close(write_fd)
+        if child is not None:
+            with anyio.move_on_after(2.0, shield=True):
+                await child.wait()
 
 
 async def _serve_api(engine: Engine, path: Path, listen, say, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:

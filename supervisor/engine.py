@@ -550,7 +550,9 @@ class Service:
             eng.say(f"{self.name}: exited with code {code}"
                     + (f" (killed by {_signame(code - 128)})" if code and code > 128 else ""))
         rs = self.spec.restart
-        if rs.policy == "never" or (rs.policy == "on-failure" and not failed):
+        # an on_log rule with action "restart" asks for a restart whatever the policy says (it still counts
+        # towards max_restarts, so a service that keeps printing the line gives up)
+        if reason != "rule-restart" and (rs.policy == "never" or (rs.policy == "on-failure" and not failed)):
             if failed:
                 self.held = "failed"
                 self.set_state(FAILED, self.last_error)

@@ -132,7 +132,7 @@ class Up:
         self.code: int | None = None
 
     def start(self, *args: str, env: dict[str, str] | None = None, wrap: Iterable[str] = ()) -> Up:
-        full = {**os.environ, MARK_VAR: self.marker, "PYTHONUNBUFFERED": "1", **(env or {})}
+        full = {**os.environ, "QASUP_GPUS": "none", MARK_VAR: self.marker, "PYTHONUNBUFFERED": "1", **(env or {})}
         full.pop("QASUP_SOCKET", None)
         self._out = open(self.out_path, "wb")
         self.proc = subprocess.Popen([*wrap, PY, "-m", "supervisor", "up", *args], cwd=self.root, env=full,

@@ -333,6 +333,11 @@ def test_env_and_when_facts() -> None:
         "GPUID2": "1",
         "OFFCUT_TOKEN": "1800",
         "OCR_USE_GPU": "False",
+        "RERANK_PORT": "9001",
+        "EMBED_PORT": "9001",
+        "LLM_API_SERVE_PORT": "7802",
+        "LLM_API_SERVE_MODEL": "Qwen-7B-Chat",
+        "LLM_API_SERVE_CONV_TEMPLATE": "qwen-7b-chat",
     }
     assert outcome.when_facts() == {
         "llm_api": "local",
