@@ -219,11 +219,10 @@ class Service:
                 unit, failure = self._refresh_unit()
                 if failure is None and unit.prepare_argv:
                     failure = await self._prepare(unit)
-                if failure is None:
-                    failure = self._spawn(inst, unit)
-            if inst.child is not None:
+            if failure is None and not inst.scope.cancel_called:
+                # from here on a stop terminates the process instead of cancelling (see _on_spawned)
                 with anyio.CancelScope(shield=True):
-                    code = await self._supervise(inst, unit)
+                    code, failure = await self._run_process(inst, unit)
             elif failure is None:
                 failure = "cancelled before start"
         except Exception as e:
@@ -306,6 +305,30 @@ class Service:
         self.post("spawned", inst)
         return None
 
+    async def _run_process(self, inst: Instance, unit: ResolvedUnit) -> tuple[int | None, str | None]:
+        """Follow the tailed files from their current end, then spawn and supervise.
+
+        Followers start before the process so that nothing it writes is missed, and from the end so that a
+        marker left in the file by an earlier run never counts for this one."""
+        async with anyio.create_task_group() as tg:
+            attached = []
+            for path in unit.tail:
+                tscan = self._scanner(inst)
+                if tscan is not None:
+                    ev = anyio.Event()
+                    tg.start_soon(self._follow, path, tscan, ev)
+                    attached.append(ev)
+            with anyio.move_on_after(2.0):
+                for ev in attached:
+                    await ev.wait()
+            failure = self._spawn(inst, unit)
+            if failure is not None:
+                tg.cancel_scope.cancel()
+                return None, failure
+            code = await self._supervise(inst, unit)
+            tg.cancel_scope.cancel()
+        return code, None
+
     async def _supervise(self, inst: Instance, unit: ResolvedUnit) -> int:
         """Capture output, follow tails, probe readiness, and wait for the exit (pipe drained)."""
         child = inst.child
@@ -324,10 +347,6 @@ class Service:
             flushes.insert(0, es.flush)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._capture, inst.read_fd, sinks, flushes)  # type: ignore[attr-defined]
-            for path in unit.tail:
-                tscan = self._scanner(inst)
-                if tscan is not None:
-                    tg.start_soon(self._follow, path, tscan)
             tg.start_soon(self._readiness, inst, unit)
             code = await child.wait()
             with anyio.move_on_after(DRAIN_AFTER_EXIT):
@@ -347,11 +366,13 @@ class Service:
 
         await logs.capture(fd, sinks, on_eof=flushes, on_sink_error=sink_error)
 
-    async def _follow(self, path: Path, scanner: logs.LineScanner) -> None:
+    async def _follow(self, path: Path, scanner: logs.LineScanner, started: anyio.Event) -> None:
         try:
-            await logs.follow(path, scanner.feed, from_end=False)
+            await logs.follow(path, scanner.feed, from_end=True, started=started)
         except Exception as e:
             self.engine.say(f"{self.name}: cannot follow {path}: {e}")
+        finally:
+            started.set()
 
     def _scanner(self, inst: Instance) -> logs.LineScanner | None:
         if self.patterns is None:

@@ -193,3 +193,14 @@ def test_banner_and_time_printed_when_all_ready(stack, up):
     assert out.count("Please visit") == 1
     assert "a | go" in out
     assert u.stop() == 0
+
+
+def test_marker_left_in_a_tailed_file_by_an_earlier_run_does_not_count(stack, up, tmp_path):
+    tail = tmp_path / "own.log"
+    tail.write_text("worker booted (yesterday)\n")          # an earlier run's marker
+    stack.unit("tailer", command=["sh", "-c", f'sleep 0.4; echo "worker booted" >> "{tail}"; exec sleep 100'],
+               log={"tail": [str(tail)]}, ready={"log": "worker booted", "timeout": "10s"})
+    u = up().start()
+    ready = u.wait_state("tailer", "ready")
+    assert ready["ts"] - u.first("tailer", "starting")["ts"] >= 0.4
+    assert u.stop() == 0
