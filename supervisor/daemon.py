@@ -118,9 +118,10 @@ async def _main(plan: Plan, args: argparse.Namespace) -> int:
                     try:
                         await tg.start(_serve_api, engine, socket_path(plan, args), listen, say)
                     except (DaemonAlreadyRunning, ListenError, OSError) as e:
+                        # another daemon on this stack, or --listen without a token: usage (2); else 1
                         print(f"qasup: control socket: {e}", file=sys.stderr, flush=True)
                         tg.cancel_scope.cancel()
-                        return 1
+                        return 2 if isinstance(e, (DaemonAlreadyRunning, ListenError)) else 1
                     code = await engine.run()
                     tg.cancel_scope.cancel()
     finally:
@@ -190,7 +191,7 @@ async def _guardian(reaper: process.Reaper, daemon_id: str, say: Callable[[str],
 
 async def _serve_api(engine: Engine, path: Path, listen, say, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
     await serve(EngineController(engine), path, listen=listen, token=os.environ.get("QASUP_TOKEN"),
-                log=lambda m: say(f"api: {m}"), task_status=task_status)
+                log=lambda m: say(m if m.startswith("api") else f"api: {m}"), task_status=task_status)
 
 
 async def _signals(signals, engine: Engine, say: Callable[[str], None]) -> None:
