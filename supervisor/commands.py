@@ -63,14 +63,21 @@ def _report_problems(e: ConfigError) -> int:
     return EXIT_CONFIG
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def _plan_or_exit_code(args: argparse.Namespace, *, check_paths: bool = True):
+    """The plan, or the exit code after reporting why there is none (problems or bad usage: 2)."""
     try:
-        plan = load_plan(args, check_paths=False)
+        return load_plan(args, check_paths=check_paths)
     except ConfigError as e:
         return _report_problems(e)
     except UsageError as e:
         print(f"qasup: {e}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    plan = _plan_or_exit_code(args, check_paths=False)
+    if isinstance(plan, int):
+        return plan
     units = len(plan.config.units)
     warn = _stop_budget_warnings(plan)
     for w in warn:
@@ -96,13 +103,9 @@ def _stop_budget_warnings(plan) -> list[str]:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    try:
-        plan = load_plan(args)
-    except ConfigError as e:
-        return _report_problems(e)
-    except UsageError as e:
-        print(f"qasup: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+    plan = _plan_or_exit_code(args)
+    if isinstance(plan, int):
+        return plan
     if args.json:
         json.dump(plan.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -153,13 +156,9 @@ def _print_plan(plan) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    try:
-        plan = load_plan(args)
-    except ConfigError as e:
-        return _report_problems(e)
-    except UsageError as e:
-        print(f"qasup: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+    plan = _plan_or_exit_code(args)
+    if isinstance(plan, int):
+        return plan
     for m in plan.messages:
         print(f"[qasup] plan: {m}", flush=True)
     if not plan.feasible:
