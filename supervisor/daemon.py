@@ -18,7 +18,7 @@ from typing import Any, Callable
 import anyio
 
 from supervisor import logs, process
-from supervisor.api import ControlError, DaemonAlreadyRunning, ListenError, serve
+from supervisor.api import MIN_TOKEN_LENGTH, ControlError, DaemonAlreadyRunning, ListenError, serve
 from supervisor.engine import DAEMON_VARIABLE, Engine, EngineError, ReloadRejected
 from supervisor.plan import Plan
 
@@ -94,6 +94,11 @@ async def _main(plan: Plan, args: argparse.Namespace) -> int:
             print(f"qasup: --listen {args.listen!r} is not HOST:PORT", file=sys.stderr)
             return 2
         listen = (host.strip("[]"), int(port))
+        token = os.environ.get("QASUP_TOKEN", "")
+        if len(token) < MIN_TOKEN_LENGTH:
+            print(f"qasup: --listen needs QASUP_TOKEN set to a secret of at least {MIN_TOKEN_LENGTH} characters "
+                  "(clients send it as 'Authorization: Bearer TOKEN')", file=sys.stderr)
+            return 2
 
     def planner() -> Plan:
         from supervisor.commands import UsageError, load_plan
@@ -115,13 +120,14 @@ async def _main(plan: Plan, args: argparse.Namespace) -> int:
             async with anyio.create_task_group() as tg:
                 with anyio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
                     tg.start_soon(_signals, signals, engine, say)
+                    _quiet_wakeup_fd()
                     try:
                         await tg.start(_serve_api, engine, socket_path(plan, args), listen, say)
                     except (DaemonAlreadyRunning, ListenError, OSError) as e:
-                        # another daemon on this stack, or --listen without a token: usage (2); else 1
+                        # another daemon on this stack: usage (2); a socket that cannot be made: 1
                         print(f"qasup: control socket: {e}", file=sys.stderr, flush=True)
                         tg.cancel_scope.cancel()
-                        return 2 if isinstance(e, (DaemonAlreadyRunning, ListenError)) else 1
+                        return 2 if isinstance(e, DaemonAlreadyRunning) else 1
                     code = await engine.run()
                     tg.cancel_scope.cancel()
     finally:
@@ -187,6 +193,14 @@ async def _guardian(reaper: process.Reaper, daemon_id: str, say: Callable[[str],
         if child is not None:
             with anyio.move_on_after(2.0, shield=True):
                 await child.wait()
+
+
+def _quiet_wakeup_fd() -> None:
+    """Signals coalesce (the reaper drains every exit per wake-up), so a full wake-up pipe during a storm of
+    SIGCHLDs loses nothing; keep Python from printing "Exception ignored ... BlockingIOError" for it."""
+    fd = signal.set_wakeup_fd(-1)
+    if fd != -1:
+        signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
 
 
 async def _serve_api(engine: Engine, path: Path, listen, say, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:

@@ -49,7 +49,8 @@ _PR_SET_CHILD_SUBREAPER = 36
 _DISOWNED = -(2**31)  # a Popen returncode that makes Popen itself never call waitpid
 _POLL_FIRST = 0.005  # first pause when polling /proc for a tree to vanish; doubles ...
 _POLL_MAX = 0.05  # ... up to this
-_KILL_RESEND = 0.5  # while waiting for SIGKILLed processes to vanish, re-send this often
+_KILL_RESEND = 0.5
+_LEADER_RESCAN = 0.25  # while the leader runs, look for new members this often  # while waiting for SIGKILLed processes to vanish, re-send this often
 
 
 class SpawnError(Exception):
@@ -222,6 +223,7 @@ class Child:
         self.returncode: int | None = None
         self._start_ticks = start_ticks
         self._exited = anyio.Event()
+        self._reaper: Reaper | None = None
 
     def __repr__(self) -> str:
         return f"<Child pid={self.pid} tag={self.tag!r} returncode={self.returncode}>"
@@ -258,26 +260,72 @@ class Child:
             pass
 
 
+class _Snapshot:
+    """One scan of /proc, indexed for tree discovery, shared by every lookup made within ``MAX_AGE``.
+
+    Stopping 1000 services at once would otherwise scan every process 1000 times (and more, while
+    polling). Environment tags are read lazily, once per process per snapshot, and only for the
+    processes that can carry a service's tag without being in its tree: qasup's own children
+    (orphans re-parented to qasup as subreaper or PID 1), or every process when qasup is neither.
+    """
+
+    MAX_AGE = 0.005
+
+    def __init__(self, scope_all: bool) -> None:
+        self.taken = time.monotonic()
+        self.me = os.getpid()
+        self.by_pid: dict[int, _Stat] = {}
+        self.kids: dict[int, list[int]] = {}
+        self.by_group: dict[int, list[int]] = {}
+        self.by_session: dict[int, list[int]] = {}
+        for st in _all_stats():
+            self.by_pid[st.pid] = st
+            self.kids.setdefault(st.ppid, []).append(st.pid)
+            self.by_group.setdefault(st.pgid, []).append(st.pid)
+            self.by_session.setdefault(st.sid, []).append(st.pid)
+        self.scope_all = scope_all
+        self._tags: dict[int, list[bytes]] = {}
+
+    def tag_candidates(self) -> list[int]:
+        if self.scope_all:
+            return [pid for pid in self.by_pid if pid != self.me]
+        return self.kids.get(self.me, [])
+
+    def tags(self, pid: int) -> list[bytes]:
+        got = self._tags.get(pid)
+        if got is None:
+            got = self._tags[pid] = _tags_of(pid)
+        return got
+
+
+def _snapshot(child: Child) -> _Snapshot:
+    reaper = child._reaper
+    if reaper is None:
+        return _Snapshot(scope_all=True)
+    snap = reaper._snapshot
+    if snap is None or time.monotonic() - snap.taken > _Snapshot.MAX_AGE:
+        snap = reaper._snapshot = _Snapshot(scope_all=not (reaper.subreaper or os.getpid() == 1))
+    return snap
+
+
 def _member_stats(child: Child) -> dict[int, _Stat]:
     """Live members of ``child``'s tree, keyed by pid (see :func:`members`)."""
-    stats = _all_stats()
-    if not stats:  # no /proc: the leader is all we know
+    snap = _snapshot(child)
+    if not snap.by_pid:  # no /proc: the leader is all we know
         return {}
-    me = os.getpid()
+    me = snap.me
     tag = child.tag.encode()
-    structural = not child._pid_recycled()
     roots: set[int] = set()
-    kids: dict[int, list[int]] = {}
-    by_pid: dict[int, _Stat] = {}
-    for st in stats:
-        by_pid[st.pid] = st
-        kids.setdefault(st.ppid, []).append(st.pid)
-        if st.pid == me:
-            continue
-        if structural and (st.pid == child.pid or st.pgid == child.pid or st.sid == child.pid):
-            roots.add(st.pid)
-        elif st.alive and tag in _tags_of(st.pid):
-            roots.add(st.pid)
+    if not child._pid_recycled():
+        if child.pid in snap.by_pid:
+            roots.add(child.pid)
+        roots.update(snap.by_group.get(child.pid, ()))
+        roots.update(snap.by_session.get(child.pid, ()))
+    for pid in snap.tag_candidates():
+        if pid not in roots and pid != child.pid:
+            st = snap.by_pid[pid]
+            if st.alive and tag in snap.tags(pid):
+                roots.add(pid)
     found: set[int] = set()
     todo = list(roots)
     while todo:
@@ -285,8 +333,8 @@ def _member_stats(child: Child) -> dict[int, _Stat]:
         if pid in found or pid == me:
             continue
         found.add(pid)
-        todo.extend(kids.get(pid, ()))
-    return {pid: by_pid[pid] for pid in found if by_pid[pid].alive}
+        todo.extend(snap.kids.get(pid, ()))
+    return {pid: snap.by_pid[pid] for pid in found if snap.by_pid[pid].alive}
 
 
 def members(child: Child) -> set[int]:
@@ -316,6 +364,7 @@ class Reaper:
         self._thread = threading.get_ident()
         self.orphans_reaped = 0
         self.subreaper = False
+        self._snapshot: _Snapshot | None = None
 
     @classmethod
     @asynccontextmanager
@@ -433,6 +482,7 @@ class Reaper:
         popen.returncode = _DISOWNED
         st = _stat(popen.pid)
         child = Child(popen.pid, full_tag, argv, st.start if st else None)
+        child._reaper = self
         self._children[child.pid] = child
         return child
 
@@ -511,8 +561,19 @@ class _Stopper:
         (monotonic) passes (False); members that appear meanwhile get ``sig``."""
         pause = _POLL_FIRST
         while True:
+            if self.child.returncode is None:
+                # the leader runs: wait for its exit (an event), rescanning now and then for members
+                # that appeared meanwhile (they get the signal too)
+                now = time.monotonic()
+                if now >= deadline:
+                    return False
+                with anyio.move_on_after(min(_LEADER_RESCAN, deadline - now)):
+                    await self.child._exited.wait()
+                if self.child.returncode is None:
+                    self.send(sig, self.live())
+                    continue
             live = self.live()
-            if self.child.returncode is not None and not live:
+            if not live:
                 return True
             now = time.monotonic()
             if now >= deadline:
@@ -565,6 +626,7 @@ async def run_to_completion(
     output_limit: int = 65536,
     stop_signal: int = signal.SIGTERM,
     stop_timeout: float = 2.0,
+    pdeathsig: bool = True,
 ) -> tuple[int, bytes]:
     """Run a command to its end (``[prepare]`` commands, exec probes): ``(exit code, output)``.
 
@@ -576,7 +638,8 @@ async def run_to_completion(
     read_fd, write_fd = os.pipe()
     try:
         try:
-            child = reaper.spawn(argv, cwd=cwd, env=env, stdout=write_fd, stderr=write_fd, tag=tag)
+            child = reaper.spawn(argv, cwd=cwd, env=env, stdout=write_fd, stderr=write_fd, tag=tag,
+                                 pdeathsig=pdeathsig)
         finally:
             os.close(write_fd)
         os.set_blocking(read_fd, False)

@@ -261,3 +261,33 @@ def test_shutdown_verb_and_no_daemon(tmp_path):
     assert "qasup.sock" in r.stderr
     for verb in (["start", "a"], ["stop", "a"], ["restart", "a"]):
         assert cli(tmp_path, *verb).returncode == 4
+
+
+def test_tcp_listener_needs_a_long_token(tmp_path):
+    import socket as _socket
+    import urllib.error
+    import urllib.request
+
+    write_units(tmp_path, {"a": f'command = ["sh", "-c", "echo {MARK}; exec sleep 300"]\n'})
+    with _socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    short = subprocess.run([PY, "-m", "supervisor", "up", "--listen", f"127.0.0.1:{port}"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=30, env={**os.environ, "QASUP_TOKEN": "short"})
+    assert short.returncode == 2 and "QASUP_TOKEN" in short.stderr
+    token = "t" * 24
+    env = {**os.environ, "QASUP_TOKEN": token}
+    proc = subprocess.Popen([PY, "-m", "supervisor", "up", "--listen", f"127.0.0.1:{port}"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        poll(lambda: cli(tmp_path, "status").returncode == 0, 20, "ready")
+        url = f"http://127.0.0.1:{port}/v1/status"
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(url, timeout=5)
+        assert denied.value.code == 401
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert json.loads(resp.read())["services"][0]["name"] == "a"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
