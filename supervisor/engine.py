@@ -790,7 +790,7 @@ class Engine:
     async def _watch_ready(self) -> None:
         while True:
             ev = self.changed
-            if not self.shutting_down and self.stack_state() == "ready" and not self.ready_once:
+            if not self.ready_once and not self.shutting_down and self.stack_state() == "ready":
                 self.ready_once = True
                 took = time.monotonic() - self.started
                 if self.plan.banner:
@@ -859,13 +859,7 @@ class Engine:
         return "ok", ""
 
     def dependents_running(self, name: str) -> bool:
-        for n, deps in self.graph.requires.items():
-            if name in deps and self.services[n].inst is not None:
-                return True
-        for n, deps in self.graph.after.items():
-            if name in deps and self.services[n].inst is not None:
-                return True
-        return False
+        return any(self.services[n].inst is not None for n in self._dependents.get(name, ()))
 
     def poke_neighbours(self, name: str) -> None:
         ev, self.changed = self.changed, anyio.Event()
@@ -877,16 +871,26 @@ class Engine:
 
     @property
     def _neighbours(self) -> dict[str, set[str]]:
+        return self._adjacency()[0]
+
+    @property
+    def _dependents(self) -> dict[str, set[str]]:
+        return self._adjacency()[1]
+
+    def _adjacency(self) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+        """Neighbours (either direction) and direct dependents of each service, computed once per graph."""
         cached = getattr(self, "_nb_cache", None)
         if cached is not None and cached[0] is self.graph:
-            return cached[1]
+            return cached[1], cached[2]
         nb: dict[str, set[str]] = {n: set() for n in self.services}
+        rdeps: dict[str, set[str]] = {n: set() for n in self.services}
         for n in self.graph.nodes:
             for d in self.graph.deps(n):
                 nb.setdefault(n, set()).add(d)
                 nb.setdefault(d, set()).add(n)
-        self._nb_cache = (self.graph, nb)
-        return nb
+                rdeps.setdefault(d, set()).add(n)
+        self._nb_cache = (self.graph, nb, rdeps)
+        return nb, rdeps
 
     # ------------------------------------------------------------------ events and messages
 

@@ -272,7 +272,7 @@ class _Snapshot:
     MAX_AGE = 0.005
 
     def __init__(self, scope_all: bool) -> None:
-        self.taken = time.monotonic()
+        started = time.monotonic()
         self.me = os.getpid()
         self.by_pid: dict[int, _Stat] = {}
         self.kids: dict[int, list[int]] = {}
@@ -285,6 +285,10 @@ class _Snapshot:
             self.by_session.setdefault(st.sid, []).append(st.pid)
         self.scope_all = scope_all
         self._tags: dict[int, list[bytes]] = {}
+        self.taken = time.monotonic()
+        # a scan of thousands of processes takes tens of ms: reuse it for as long again, else every caller
+        # would find it stale and scan anew
+        self.max_age = max(self.MAX_AGE, 2 * (self.taken - started))
 
     def tag_candidates(self) -> list[int]:
         if self.scope_all:
@@ -303,7 +307,7 @@ def _snapshot(child: Child) -> _Snapshot:
     if reaper is None:
         return _Snapshot(scope_all=True)
     snap = reaper._snapshot
-    if snap is None or time.monotonic() - snap.taken > _Snapshot.MAX_AGE:
+    if snap is None or time.monotonic() - snap.taken > snap.max_age:
         snap = reaper._snapshot = _Snapshot(scope_all=not (reaper.subreaper or os.getpid() == 1))
     return snap
 
