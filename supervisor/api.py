@@ -23,7 +23,6 @@ extra endpoint, holds no connection slot while waiting, and the status JSON is c
 from __future__ import annotations
 
 import errno
-import hmac
 import json
 import os
 import re
@@ -593,6 +592,8 @@ class _ApiServer:
         scheme, _, credentials = header.partition(b" ")
         if scheme.lower() != b"bearer":
             return False
+        import hmac   # here, not at the top: hmac loads OpenSSL (~3 MiB resident) for every daemon
+
         return hmac.compare_digest(credentials.strip(), self._token)
 
     async def _route(self, ch: _Channel, req: _Request) -> bool:

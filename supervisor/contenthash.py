@@ -19,7 +19,6 @@ decide whether to re-run ``pip install -e``. This does the same job, better:
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import os
 import stat
 from collections.abc import Iterable, Sequence
@@ -41,6 +40,8 @@ def hash_paths(paths: Sequence[str | os.PathLike[str]], ignore: Iterable[str] = 
     changes, a file appears or disappears, or a listed path appears or disappears.
     """
     patterns = tuple(ignore)
+    import hashlib   # here: hashlib loads OpenSSL, which the daemon needs only when it hashes
+
     total = hashlib.blake2b(digest_size=32)
     total.update(_VERSION)
     buffer = bytearray(_BLOCK)
@@ -99,6 +100,8 @@ def _record(kind: str, rel: str, detail: str) -> bytes:
 
 def _file_digest(path: Path, buffer: bytearray) -> str:
     """BLAKE2b of the file's content, or ``error:...`` when it cannot be read."""
+    import hashlib
+
     digest = hashlib.blake2b(digest_size=32)
     view = memoryview(buffer)
     try:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,6 +212,8 @@ def update(path: str | os.PathLike[str], values: Mapping[str, str]) -> None:
 def _write_atomically(target: Path, text: str, existing: os.stat_result | None) -> None:
     folder = target.parent
     hidden = target.name if target.name.startswith(".") else f".{target.name}"
+    import tempfile   # imports random, which loads OpenSSL: only when a file is written
+
     fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f"{hidden}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
