@@ -1,0 +1,196 @@
+"""Summaries of the raw samples: the console table and ``docs/benchmarks.md``.
+
+Every row says which statistic it shows, what the target is and whether qasup meets it; rows without a
+target still say plainly when qasup is slower or bigger than supervisord.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from benchkit.procs import median, percentile
+from benchkit.scenarios import DAG, QASUP, SV, Result, critical_path
+
+CP, CP_PATH = critical_path(DAG)
+
+
+@dataclass
+class Row:
+    sid: int
+    label: str
+    metric: str
+    unit: str
+    agg: str = "median"                       # median | p99 | max | n
+    target: str = ""
+    check: Callable[[float, float | None], bool] | None = None   # (qasup, other) -> target met
+    ref: float | None = None                  # a fixed reference instead of supervisord's number
+    ref_label: str = ""
+    other: str = SV                           # whose number is compared (supervisord, or "cat | cat")
+    lower_is_better: bool = True
+
+
+def rows(scale_sizes: tuple[int, ...]) -> list[Row]:
+    out = [
+        Row(1, "7-service DAG: launch to all ready (events.jsonl)", "ready_event_s", "s", ref=CP,
+            ref_label="critical path"),
+        Row(1, "7-service DAG: launch to the `all 7 services ready` line", "ready_line_s", "s", ref=CP,
+            ref_label="critical path"),
+        Row(1, "qasup: launch to its first event (interpreter, imports, plan)", "startup_s", "s", other=""),
+        Row(1, "qasup: scheduling overhead beyond the critical path, after start-up", "sched_overhead_s", "s",
+            other=""),
+        Row(1, "supervisord: launch to all 7 RUNNING (no readiness, no order)", "running_s", "s", other=""),
+        Row(1, "supervisord: launch to its first spawn", "first_spawn_s", "s", other=""),
+        Row(2, "log marker to `ready` event, median", "latency_ms", "ms", target="< 5 ms", other="",
+            check=lambda q, r: q < 5),
+        Row(2, "log marker to `ready` event, p99", "latency_ms", "ms", agg="p99", target="< 5 ms", other="",
+            check=lambda q, r: q < 5),
+        Row(2, "samples", "latency_ms", "", agg="n", other=""),
+        Row(3, "94 MB burst: gate opened to every byte in the log", "seconds", "s", target="ratio <= 1.0",
+            check=lambda q, r: r is not None and q <= r),
+        Row(3, "94 MB burst: median of the paired ratios (qasup / supervisord, same round)", "seconds", "x",
+            agg="pair_ratio", other="", target="<= 1.0", check=lambda q, r: q <= 1.0),
+        Row(3, "the same burst through `cat | cat > file` (the floor)", "seconds", "s", other="cat | cat"),
+        Row(3, "bytes lost", "lost_bytes", "bytes", agg="max", target="0",
+            check=lambda q, r: q == 0),
+        Row(4, "daemon CPU ticks in the idle window, 7 idle services", "idle_ticks", "ticks", agg="max",
+            target="0", check=lambda q, r: q == 0),
+        Row(4, "daemon resident memory (VmRSS), 7 idle services", "rss_mib", "MiB",
+            target="<= supervisord", check=lambda q, r: r is not None and q <= r),
+        Row(5, "`qasup status` vs `supervisorctl status`, wall time per call", "status_ms", "ms",
+            target="ratio <= 0.5", check=lambda q, r: r is not None and q <= 0.5 * r),
+    ]
+    for n in scale_sizes:
+        out += [
+            Row(6, f"{n} services: launch to all ready (qasup) / all RUNNING (supervisord)", f"up_{n}_s", "s"),
+            Row(6, f"{n} services: status wall time per call", f"status_{n}_ms", "ms"),
+            Row(6, f"{n} services: daemon resident memory", f"rss_{n}_mib", "MiB"),
+            Row(6, f"{n} services: ordered shutdown (SIGTERM to exit)", f"stop_{n}_s", "s"),
+        ]
+    out += [
+        Row(7, "SIGKILL of a service to its new pid", "new_pid_ms", "ms"),
+        Row(7, "SIGKILL to ready again (qasup) / RUNNING again (supervisord)", "back_ms", "ms"),
+    ]
+    return out
+
+
+def stat(xs: list[float] | None, agg: str) -> float | None:
+    if not xs:
+        return None
+    if agg == "median":
+        return median(xs)
+    if agg == "p99":
+        return percentile(xs, 99)
+    if agg == "max":
+        return max(xs)
+    if agg == "n":
+        return float(len(xs))
+    raise ValueError(agg)
+
+
+def fmt(v: float | None, unit: str) -> str:
+    if v is None:
+        return "-"
+    if unit == "s":
+        return f"{v:.3f} s"
+    if unit == "ms":
+        return f"{v:.2f} ms" if v < 100 else f"{v:.0f} ms"
+    if unit == "x":
+        return f"{v:.2f}x"
+    if unit == "MiB":
+        return f"{v:.1f} MiB"
+    if unit in ("ticks", "bytes", ""):
+        return f"{v:.0f}" + (f" {unit}" if unit else "")
+    return f"{v:g} {unit}"
+
+
+@dataclass
+class Line:
+    row: Row
+    q: float | None
+    o: float | None
+    ratio: float | None
+    verdict: str
+    failed: bool
+
+
+def evaluate(results: dict[int, Result], scale_sizes: tuple[int, ...]) -> list[Line]:
+    lines = []
+    for row in rows(scale_sizes):
+        res = results.get(row.sid)
+        if res is None:
+            continue
+        samples = res.samples.get(row.metric, {})
+        if row.agg == "pair_ratio":
+            pairs = list(zip(samples.get(QASUP, []), samples.get(SV, [])))
+            q = median(a / b for a, b in pairs if b) if pairs else None
+        else:
+            q = stat(samples.get(QASUP), row.agg)
+        o = row.ref if row.ref is not None else (stat(samples.get(row.other), row.agg) if row.other else None)
+        ratio = q / o if q is not None and o else None
+        failed = q is None and any(f.startswith(QASUP) for f in res.failures)
+        if row.metric.startswith(("running", "first_spawn")):
+            q, o = stat(samples.get(SV), row.agg), None
+            failed = q is None and any(f.startswith(SV) for f in res.failures)
+            ratio = None
+        if failed:
+            verdict = "FAILED"
+        elif row.check is not None and q is not None:
+            verdict = "ok" if row.check(q, o) else "BEHIND"
+        elif q is not None and o is not None and row.ref is None and row.other == SV and row.unit != "":
+            verdict = "slower" if (q > o * 1.05 and row.lower_is_better) else ""
+            if verdict and row.unit == "MiB":
+                verdict = "bigger"
+        else:
+            verdict = ""
+        lines.append(Line(row, q, o, ratio, verdict, failed))
+    return lines
+
+
+def other_name(row: Row) -> str:
+    return row.ref_label if row.ref is not None else row.other
+
+
+def console_table(lines: list[Line]) -> str:
+    out = [f"{'#':>2} {'measurement':<72} {'qasup':>12} {'other':>22} {'ratio':>7}  verdict"]
+    for ln in lines:
+        o = f"{fmt(ln.o, ln.row.unit)} ({other_name(ln.row)})" if ln.o is not None else "-"
+        r = f"{ln.ratio:.2f}" if ln.ratio is not None else "-"
+        q = fmt(ln.q, ln.row.unit)
+        if ln.row.metric.startswith(("running", "first_spawn")):
+            q, o = "-", f"{fmt(ln.q, ln.row.unit)} (supervisord)"
+        out.append(f"{ln.row.sid:>2} {ln.row.label[:72]:<72} {q:>12} {o:>22} {r:>7}  {ln.verdict}")
+    return "\n".join(out)
+
+
+def markdown_table(lines: list[Line]) -> str:
+    out = ["| # | measurement | qasup | supervisord (or reference) | qasup / other | target | verdict |",
+           "|---|---|---|---|---|---|---|"]
+    for ln in lines:
+        q, o = fmt(ln.q, ln.row.unit), (f"{fmt(ln.o, ln.row.unit)} ({other_name(ln.row)})"
+                                        if ln.o is not None else "-")
+        if ln.row.metric.startswith(("running", "first_spawn")):
+            q, o = "-", fmt(ln.q, ln.row.unit)
+        agg = {"max": " (worst)", "p99": ""}.get(ln.row.agg, "")
+        r = f"{ln.ratio:.2f}" if ln.ratio is not None else "-"
+        verdict = f"**{ln.verdict}**" if ln.verdict in ("BEHIND", "FAILED", "slower", "bigger") else ln.verdict
+        cells = [str(ln.row.sid), ln.row.label + agg, q, o, r, ln.row.target or "-", verdict]
+        out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(out)
+
+
+def behind(lines: list[Line], results: dict[int, Result]) -> list[str]:
+    """Plain sentences: every missed target, every row where qasup is slower or bigger, every failure."""
+    out = []
+    for ln in lines:
+        if ln.verdict == "BEHIND":
+            out.append(f"Scenario {ln.row.sid}, {ln.row.label}: qasup {fmt(ln.q, ln.row.unit)} misses the target "
+                       f"({ln.row.target})" + (f"; {other_name(ln.row)}: {fmt(ln.o, ln.row.unit)}"
+                                               if ln.o is not None else "") + ".")
+        elif ln.verdict in ("slower", "bigger"):
+            out.append(f"Scenario {ln.row.sid}, {ln.row.label}: qasup {fmt(ln.q, ln.row.unit)} vs supervisord "
+                       f"{fmt(ln.o, ln.row.unit)} ({ln.ratio:.2f}x).")
+    for res in results.values():
+        for f in res.failures:
+            out.append(f"Scenario {res.sid} failed: {f}")
+    return out
