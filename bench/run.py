@@ -272,6 +272,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None,
                    help="markdown report (default docs/benchmarks.md for a full run, none otherwise)")
     p.add_argument("--keep", action="store_true", help="keep the temporary stack folders (for debugging)")
+    p.add_argument("--reliability", action="store_true",
+                   help="also run the long reliability variants of the test suite (pytest -m long: a soak of "
+                        "thousands of restarts); their outcome decides the exit code too")
     a = p.parse_args(argv)
     if a.only and not set(a.only) <= set(TITLES):
         p.error(f"--only takes scenario numbers 1-7, got {a.only}")
@@ -340,7 +343,12 @@ def main(argv: list[str] | None = None) -> int:
         write_doc(args.out, info, args, lines, results, total)
         log(f"wrote {args.out}")
     log(f"done in {total:.0f} s")
-    return 1 if any(r.failures for r in results.values()) else 0
+    failed = any(r.failures for r in results.values())
+    if args.reliability:
+        log("reliability: pytest -m long")
+        r = subprocess.run([python, "-m", "pytest", "-q", "-m", "long", str(REPO / "tests")], cwd=REPO)
+        failed = failed or r.returncode != 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -60,6 +60,8 @@ class Instance:
     spawned_at: float | None = None
     ready_at: float | None = None
     marker: LogMarker | None = None
+    probes: list = field(default_factory=list)   # readiness probes of this run
+    read_fd: int = -1                            # read end of the output pipe
     stop_reason: str | None = None      # user | shutdown | restart | dep-wait | dep-fail | rule-fail |
                                         # rule-restart | ready-timeout | reload
     failure: str | None = None          # why this run counts as failed
@@ -289,7 +291,7 @@ class Service:
         try:
             marker, probes = build_probes(unit.ready, self._run_exec)
             inst.marker = marker
-            inst.probes = probes  # type: ignore[attr-defined]
+            inst.probes = probes
             try:
                 # pdeathsig=False: the guardian (daemon.py) kills the whole stack if qasup dies, and a
                 # preexec hook would make Popen fork the daemon instead of vfork (~15 ms per spawn)
@@ -302,7 +304,7 @@ class Service:
         finally:
             os.close(write_fd)
         inst.spawned_at = time.monotonic()
-        inst.read_fd = read_fd  # type: ignore[attr-defined]
+        inst.read_fd = read_fd
         self.post("spawned", inst)
         return None
 
@@ -347,7 +349,7 @@ class Service:
             sinks.append(es.write)
             flushes.insert(0, es.flush)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._capture, inst.read_fd, sinks, flushes)  # type: ignore[attr-defined]
+            tg.start_soon(self._capture, inst.read_fd, sinks, flushes)
             tg.start_soon(self._readiness, inst, unit)
             code = await child.wait()
             with anyio.move_on_after(DRAIN_AFTER_EXIT):
@@ -391,7 +393,7 @@ class Service:
         return logs.LineScanner(self.patterns, on_match, context_lines=context)
 
     async def _readiness(self, inst: Instance, unit: ResolvedUnit) -> None:
-        probes = inst.probes  # type: ignore[attr-defined]
+        probes = inst.probes
         with anyio.move_on_after(unit.ready.timeout):
             await wait_ready(probes, unit.ready.mode)
             self.post("ready", inst)

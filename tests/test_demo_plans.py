@@ -124,3 +124,15 @@ def test_demo_oom_rule_aborts_the_stack(demo):
     assert "vllm-worker: error rule" in r.stdout and "ran out of memory" in r.stdout
     assert "aborting the stack" in r.stdout
     assert time.monotonic() - t0 < 30
+
+
+@pytest.mark.parametrize("plan", list(PLANS))
+def test_real_units_check_for_every_plan(plan):
+    """`qasup check` passes on the repository's own services.d (the real commands) for every plan."""
+    flags = PLANS[plan][0]
+    gpus = json.dumps([{"index": i, "name": "NVIDIA GeForce RTX 4090", "memory_total_mib": 24564,
+                        "compute_capability": "8.9"} for i in (0, 1)])
+    r = subprocess.run([sys.executable, "-m", "supervisor", "--config", str(REPO / "qasup.toml"), "check",
+                        "--gpus", gpus, *flags], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "valid" in r.stdout and "infeasible" not in r.stderr
