@@ -100,7 +100,18 @@ def read_nvml() -> tuple[list[GpuInfo], str | None]:
 
     Returns ``(gpus, reason)``: ``reason`` is None when NVML answered, else one line saying why no
     (or not every) GPU could be read: library missing, driver missing, NVML error. Never raises.
+    The binding is unloaded again afterwards: the daemon needs it once, at planning, and it costs about
+    4 MiB of resident memory for as long as it stays imported (a reload imports it anew).
     """
+    try:
+        return _read_nvml()
+    finally:
+        import sys
+
+        sys.modules.pop("pynvml", None)
+
+
+def _read_nvml() -> tuple[list[GpuInfo], str | None]:
     try:
         import pynvml  # lazy: the package loads a C library wrapper; most verbs never need it
     except ImportError as exc:

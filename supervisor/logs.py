@@ -213,6 +213,14 @@ def _hyperscan_source(src: bytes) -> bytes | None:
     return None
 
 
+_LITERAL = re.compile(rb"\^?[^.^$*+?{}\[\]\\|()]+")
+
+
+def _literal(src: bytes) -> bool:
+    """A plain string, optionally anchored at the start of the line."""
+    return _LITERAL.fullmatch(src) is not None
+
+
 def _can_match_empty(rx: re.Pattern[bytes]) -> bool:
     """Whether a match may be empty (`^$`, `\\b`, `x*`): Hyperscan silently reports no empty match."""
     try:
@@ -249,6 +257,13 @@ class PatternSet:
         elif engine == "re":
             self.engine = "re"
             self.fallback_reasons = {i: "re engine requested" for i in range(len(sources))}
+        elif engine == "auto" and len(self.patterns) == 1 and _literal(self._line_res[0].pattern):
+            # One literal marker (`Starting worker`, `^READY `): `re` finds it at memchr-like speed, and
+            # loading Hyperscan would cost every daemon ~5 MiB of resident memory for nothing.
+            self.engine = "re"
+            self.fallback_reasons = {0: "a single literal pattern: re is as fast"}
+            if sources[0].startswith(b"^"):   # find candidates unanchored (fast); lines are confirmed anchored
+                sources[0] = sources[0][1:]
         else:
             try:
                 import hyperscan

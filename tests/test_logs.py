@@ -682,3 +682,16 @@ def test_inotify_binding_reports_file_events(tmp_path: Path) -> None:
         watcher.rm_watch(wd)
         with pytest.raises(FileNotFoundError):
             watcher.add_watch(tmp_path / "missing", ino.IN_CREATE)
+
+
+def test_a_single_literal_marker_needs_no_hyperscan_and_keeps_its_anchor():
+    """One literal marker (`^READY `, `Starting worker`) is scanned with `re`: as fast, and it spares every
+    daemon Hyperscan's resident memory. An anchored literal still matches only at a line start."""
+    from supervisor.logs import PatternSet
+
+    data = b"noise READY x\nREADY now\n" + b"x" * 1000 + b"\nStarting worker [7]\n"
+    anchored = PatternSet(["^READY "])
+    assert anchored.engine == "re"
+    assert [(i, data[a:b]) for i, a, b in anchored.scan(data)] == [(0, b"READY now")]
+    assert PatternSet(["Starting worker"]).engine == "re"
+    assert PatternSet(["Starting worker", "CUDA out of memory"]).engine in ("hyperscan", "re")
