@@ -354,7 +354,7 @@ class Service:
             code = await child.wait()
             with anyio.move_on_after(DRAIN_AFTER_EXIT):
                 await eof.wait()
-            if process.members(child) or not eof.is_set():
+            if not eof.is_set() or process.anything_left(child):
                 # leftovers still hold the pipe or run on: a service is stopped only when none remain
                 await process.terminate(child, self.spec.stop.signal, min(self.spec.stop.timeout, 5.0))
                 with anyio.move_on_after(DRAIN_AFTER_EXIT):

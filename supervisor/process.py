@@ -341,6 +341,45 @@ def _member_stats(child: Child) -> dict[int, _Stat]:
     return {pid: snap.by_pid[pid] for pid in found if snap.by_pid[pid].alive}
 
 
+def _own_children() -> set[int] | None:
+    """qasup's direct children, from /proc/self/task/*/children (None where the kernel lacks that file)."""
+    out: set[int] = set()
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for tid in tids:
+        data = _read_all(f"/proc/self/task/{tid}/children", 1 << 20)
+        if data is None:
+            return None
+        out.update(int(x) for x in data.split())
+    return out
+
+
+def anything_left(child: Child) -> bool:
+    """Whether any process of ``child``'s tree may still be alive, after the leader exited.
+
+    A fast path for the common case (checked at every exit): when qasup is a subreaper or PID 1, every
+    live descendant of the leader is in its process group or was re-parented to qasup (or descends from
+    one that was). So an empty group and no unknown children of qasup mean nothing is left, without a
+    scan of /proc. Anything else falls back to :func:`members`.
+    """
+    reaper = child._reaper
+    if reaper is None or not (reaper.subreaper or os.getpid() == 1) or child._pid_recycled():
+        return bool(members(child))
+    try:
+        os.killpg(child.pid, 0)
+        return bool(members(child))     # the group still has processes
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        return bool(members(child))
+    kids = _own_children()
+    if kids is None or kids - set(reaper._children):
+        return bool(members(child))     # orphans (of this service or another): look closer
+    return False
+
+
 def members(child: Child) -> set[int]:
     """Every live (non-zombie) process that belongs to ``child``'s tree.
 

@@ -257,6 +257,26 @@ async def test_members_after_the_leader_is_gone_found_by_tag() -> None:
         assert not alive(orphan)
 
 
+async def test_anything_left_fast_path_agrees_with_a_full_scan() -> None:
+    """After the leader exits: an orphan that escaped by setsid is seen (it was re-parented to us), and a
+    service that left nothing behind is known to be gone without a scan of /proc."""
+    from supervisor.process import anything_left
+
+    async with reaper_with_cleanup() as (reaper, children):
+        assert reaper.subreaper
+        child, info = await spawn_reporting(reaper, children, standin("tree", "orphan", "--exit"))
+        with anyio.fail_after(5):
+            assert await child.wait() == 0
+        assert anything_left(child) and members(child) == {info["members"]["orphan"]}
+        await terminate(child, signal.SIGTERM, 0.3)
+        assert not anything_left(child)
+        plain = reaper.spawn(["true"], cwd="/", env=dict(os.environ), stdout=None, stderr=None, tag="plain")
+        children.append(plain)
+        with anyio.fail_after(5):
+            assert await plain.wait() == 0
+        assert not anything_left(plain) and not members(plain)
+
+
 async def test_pdeathsig_kills_the_service_when_qasup_is_killed() -> None:
     async with reaper_with_cleanup() as (reaper, children):
         helper, info = await spawn_reporting(reaper, children, standin("parent"), tag="mini-qasup")
