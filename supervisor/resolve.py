@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -73,7 +73,6 @@ class ResolvedUnit:
     ready: ReadyChecks
     rules: tuple[LogRule, ...]            # messages expanded
     cuda_visible_devices: str | None = None
-    lookup: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -180,7 +179,7 @@ def resolve_unit(stack: StackSpec, unit: UnitSpec, plan_env: Mapping[str, str], 
     return ResolvedUnit(
         spec=unit, argv=argv, cwd=cwd, env=proc_env, log_file=log_file, tail=tail, requires_paths=req_paths,
         prepare_argv=prep_argv, prepare_paths=prep_paths or (), ready=ready, rules=tuple(rules),
-        cuda_visible_devices=gpu_env.get("CUDA_VISIBLE_DEVICES"), lookup=lookup)
+        cuda_visible_devices=gpu_env.get("CUDA_VISIBLE_DEVICES"))
 
 
 def expand_banner(stack: StackSpec, plan_env: Mapping[str, str], probs: Problems,
