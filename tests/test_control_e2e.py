@@ -291,3 +291,26 @@ def test_tcp_listener_needs_a_long_token(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
+
+
+def test_reload_restarts_a_service_whose_env_file_changed(tmp_path):
+    write_units(tmp_path, {
+        "reader": f'command = ["sh", "-c", "echo $$GREETING {MARK}; exec sleep 300"]\nenv_files = ["app.env"]\n',
+        "other": f'command = ["sh", "-c", "echo other {MARK}; exec sleep 300"]\n',
+    })
+    (tmp_path / "app.env").write_text("GREETING=hello\n")
+    d = Daemon(tmp_path)
+    try:
+        poll(lambda: cli(tmp_path, "status").returncode == 0, 20, "ready")
+        before = {s["name"]: s["pid"] for s in d.status()["services"]}
+        r = cli(tmp_path, "reload")
+        assert r.returncode == 0 and {s["name"]: s["pid"] for s in d.status()["services"]} == before
+        (tmp_path / "app.env").write_text("GREETING=bonjour\n")
+        r = cli(tmp_path, "reload")
+        assert r.returncode == 0, r.stderr
+        poll(lambda: d.service("reader").get("pid") not in (None, before["reader"])
+             and d.service("reader")["state"] == "ready", 10, "reader restarted")
+        assert d.service("other")["pid"] == before["other"]
+        poll(lambda: b"bonjour" in (tmp_path / "logs" / "reader.log").read_bytes(), 5, "new value used")
+    finally:
+        assert d.close() == 0
