@@ -182,7 +182,7 @@ async def _guardian(reaper: process.Reaper, daemon_id: str, say: Callable[[str],
                              pass_fds=(read_fd,))
     except process.SpawnError as e:
         child = None
-        say(f"no guardian ({e}): if qasup is killed with SIGKILL, services' own children may outlive it")
+        say(f"no guardian ({e}): if qasup is killed with SIGKILL, its services will outlive it")
     finally:
         os.close(read_fd)
         os.close(null)
