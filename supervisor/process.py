@@ -338,7 +338,14 @@ def _member_stats(child: Child) -> dict[int, _Stat]:
             continue
         found.add(pid)
         todo.extend(snap.kids.get(pid, ()))
-    return {pid: snap.by_pid[pid] for pid in found if snap.by_pid[pid].alive}
+    # the snapshot may be a few ms old: report only what is alive now (same process: same start time)
+    live: dict[int, _Stat] = {}
+    for pid in found:
+        if snap.by_pid[pid].alive:
+            st = _stat(pid)
+            if st is not None and st.alive and st.start == snap.by_pid[pid].start:
+                live[pid] = st
+    return live
 
 
 def _own_children() -> set[int] | None:
