@@ -149,7 +149,8 @@ class StandIn:
         self.args = args
         self.name = args.name or self.role
         self.pid = os.getpid()
-        self.stop = threading.Event()
+        self.stop = threading.Event()   # set by the main thread once a stop signal came (see wait)
+        self.signalled = False          # set by the signal handler: nothing else is safe there
         self.servers: list[Server] = []
         self.sockets: list[socket.socket] = []
         self.bind = os.environ.get("STANDIN_BIND", "127.0.0.1")
@@ -210,8 +211,20 @@ class StandIn:
         return 1
 
     def wait(self, seconds: float) -> bool:
-        """Sleep unless stopped; True when a stop signal came."""
-        return self.stop.wait(seconds)
+        """Sleep unless stopped; True when a stop signal came.
+
+        The signal handler only sets a flag: calling ``Event.set()`` from a handler deadlocks when the signal
+        lands while this thread holds the Event's own lock (inside ``Event.wait``). The main thread sleeps in
+        short steps (a signal interrupts ``time.sleep`` at once) and sets the Event itself, outside any
+        handler, to wake the helper threads."""
+        deadline = time.monotonic() + seconds
+        while not self.signalled:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(left, 0.05))
+        self.stop.set()
+        return True
 
     # -- the life cycle
     def run(self) -> int:
@@ -608,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     standin = cls(args)
 
     def on_signal(signum: int, _frame: object) -> None:
-        standin.stop.set()
+        standin.signalled = True
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
