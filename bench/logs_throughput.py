@@ -24,18 +24,10 @@ import anyio
 
 from supervisor.logs import Echo, LineScanner, PatternSet, RotatingFile, capture, make_pipe
 
-PATTERNS = [
-    r"CUDA out of memory",
-    r"Traceback \(most recent call last\)",
-    r"(?i)segmentation fault",
-    r"^Starting worker",
-    r"Killed$",
-    r"address already in use",
-    r"RuntimeError: .*CUDA",
-    r"\bOOM\b",
-    r"ValueError: [a-z]+ not found",
-    r"NCCL error",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchkit.daemons import RULE_PATTERNS  # noqa: E402
+
+PATTERNS = RULE_PATTERNS   # the same 10 rules the side-by-side benchmark (bench/run.py) scans
 
 
 def make_input(path: Path, lines: int) -> None:

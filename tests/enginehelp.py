@@ -279,3 +279,14 @@ def up(tmp_path: Path):
     for u in runs:
         problems += u.cleanup()
     assert not problems, "processes left behind:\n" + "\n".join(problems)
+
+
+def unshare_problem() -> str | None:
+    """Why a PID-namespace test cannot run here (None when ``unshare --pid --fork --mount-proc`` works)."""
+    try:
+        r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unshare is not available: {e}"
+    if r.returncode != 0:
+        return f"unshare --pid --fork --mount-proc is not permitted here: {r.stderr.decode().strip()}"
+    return None

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from enginehelp import PY, alive, poll, standin, stack, up  # noqa: F401  (fixtures)
+from enginehelp import PY, alive, poll, stack, standin, unshare_problem, up  # noqa: F401  (fixtures)
 
 SLEEP = ["sh", "-c", "echo up; exec sleep 100"]
 
@@ -86,18 +86,8 @@ def test_shutdown_respects_stop_budget(stack, up):
     assert u.leftovers() == []
 
 
-def _unshare_problem() -> str | None:
-    try:
-        r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"unshare is not available: {e}"
-    if r.returncode != 0:
-        return f"unshare --pid --fork --mount-proc is not permitted here: {r.stderr.decode().strip()}"
-    return None
-
-
 def test_pid1_reaps_orphans_reports_exit_codes_and_stops_in_order(stack, up):
-    problem = _unshare_problem()
+    problem = unshare_problem()
     if problem:
         pytest.skip(problem)
     stack.unit("storm", command=[PY, standin("svc_exit.py"), "--orphans", "1000", "--code", "7"],

@@ -19,6 +19,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from enginehelp import unshare_problem
 from supervisor.process import (
     TAG_VARIABLE,
     Child,
@@ -371,19 +372,9 @@ async def test_run_to_completion_stops_leftovers() -> None:
 # as PID 1 of a PID namespace
 
 
-def _unshare_problem() -> str | None:
-    try:
-        done = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"unshare is not available: {exc}"
-    if done.returncode != 0:
-        return f"unshare --pid --fork --mount-proc is not permitted here: {done.stderr.decode().strip()}"
-    return None
-
-
 @pytest.fixture(scope="module")
 def pid_namespace() -> list[str]:
-    problem = _unshare_problem()
+    problem = unshare_problem()
     if problem:
         pytest.skip(problem)
     return ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
