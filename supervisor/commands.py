@@ -23,7 +23,7 @@ class UsageError(Exception):
 def load_plan(args: argparse.Namespace, *, check_paths: bool = True):
     """Config -> inventory -> plan. Raises ConfigError or UsageError."""
     from supervisor import gpu
-    from supervisor.plan import make_plan
+    from supervisor.plan import make_plan, needs_gpu_inventory
     from supervisor.qanything import PlanInputError
     from supervisor.units import collect_config
 
@@ -41,7 +41,7 @@ def load_plan(args: argparse.Namespace, *, check_paths: bool = True):
         else:
             spec = declared
     try:
-        inventory = gpu.load_inventory(spec)
+        inventory = gpu.load_inventory(spec, nvml=needs_gpu_inventory(config, overrides(args)))
     except gpu.GpuSpecError as e:
         raise UsageError(str(e)) from None
     gpus, inventory_note = list(inventory.gpus), inventory.reason
@@ -156,6 +156,9 @@ def _print_plan(plan) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from supervisor import lazyssl
+
+    lazyssl.install()   # before anyio is imported: OpenSSL is loaded only if TLS is ever used
     plan = _plan_or_exit_code(args)
     if isinstance(plan, int):
         return plan

@@ -235,7 +235,7 @@ class Service:
         """Resolve again (env files are read at each start) and check required paths."""
         eng = self.engine
         probs = Problems()
-        unit = resolve_unit(eng.stack, self.spec, eng.plan_env, self.splan.env, probs,
+        unit = resolve_unit(eng.stack, self.spec, eng.plan_env, self.splan.env, probs, eng.environ,
                             pending_env_file=eng.plan.env)
         if unit is None:
             return self.unit, "; ".join(f"{p.key}: {p.message}" for p in probs.items)
@@ -292,6 +292,9 @@ class Service:
             marker, probes = build_probes(unit.ready, self._run_exec)
             inst.marker = marker
             inst.probes = probes
+            # taken before the spawn: the child cannot be older than this, so ready_after_s never comes out
+            # shorter than what the service itself waited (the daemon may be descheduled after the fork)
+            spawned_at = time.monotonic()
             try:
                 # pdeathsig=False: the guardian (daemon.py) kills the whole stack if qasup dies, and a
                 # preexec hook would make Popen fork the daemon instead of vfork (~15 ms per spawn)
@@ -303,7 +306,7 @@ class Service:
                 return str(e)
         finally:
             os.close(write_fd)
-        inst.spawned_at = time.monotonic()
+        inst.spawned_at = spawned_at
         inst.read_fd = read_fd
         self.post("spawned", inst)
         return None
@@ -745,6 +748,9 @@ class Engine:
         self.planner = planner
         self.state_dir = self.stack.path(self.stack.state_dir)
         self.plan_env = {**plan.lookup_extra, **plan.env}
+        # the daemon's own environment, decoded once: resolving with os.environ would decode it again for
+        # every start of every service, and each resolved unit would hold its own copies of the strings
+        self.environ: dict[str, str] = dict(os.environ)
         self.services: dict[str, Service] = {}
         for name, splan in plan.services.items():
             unit = plan.resolved.get(name)

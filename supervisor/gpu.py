@@ -77,7 +77,7 @@ class Inventory:
     """The GPUs found, where they came from, and (when there are none) why."""
 
     gpus: tuple[GpuInfo, ...]
-    source: str  # "nvml", "--gpus" or "QASUP_GPUS"
+    source: str  # "nvml", "--gpus", "QASUP_GPUS", or "none" (the stack uses no GPU: NVML not read)
     reason: str | None  # why no GPUs were found; None when gpus is non-empty or declared "none"
 
 
@@ -284,8 +284,10 @@ def _json_type(value: Any) -> str:
 # Resolution
 
 
-def load_inventory(spec: str | None = None, environ: Mapping[str, str] | None = None) -> Inventory:
-    """The inventory the plan uses: ``spec`` (``--gpus``), else ``QASUP_GPUS``, else NVML.
+def load_inventory(spec: str | None = None, environ: Mapping[str, str] | None = None, *,
+                   nvml: bool = True) -> Inventory:
+    """The inventory the plan uses: ``spec`` (``--gpus``), else ``QASUP_GPUS``, else NVML (unless ``nvml`` is
+    False: then no GPUs, source ``"none"``).
 
     An empty ``QASUP_GPUS`` counts as unset. Raises GpuSpecError for a bad declared inventory;
     never raises for NVML trouble (that is "no GPUs" with a reason).
@@ -296,6 +298,8 @@ def load_inventory(spec: str | None = None, environ: Mapping[str, str] | None = 
     declared = env.get("QASUP_GPUS", "")
     if declared.strip():
         return Inventory(tuple(parse_gpus_spec(declared, "QASUP_GPUS")), "QASUP_GPUS", None)
+    if not nvml:
+        return Inventory((), "none", "not read: no unit of this stack uses a GPU")
     gpus, reason = read_nvml()
     return Inventory(tuple(gpus), "nvml", reason)
 

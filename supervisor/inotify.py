@@ -12,7 +12,6 @@ watch, and parse pending events.  `Inotify()` raises `OSError` where inotify is 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import struct
 from dataclasses import dataclass
@@ -54,7 +53,9 @@ class Event:
 
 
 def _load_libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    # CDLL(None): the symbols the interpreter already has, libc's included (ctypes.util.find_library would
+    # run ldconfig and import shutil, tempfile and subprocess: ~1.4 MiB resident for one path)
+    libc = ctypes.CDLL(None, use_errno=True)
     for fn in ("inotify_init1", "inotify_add_watch", "inotify_rm_watch"):
         if not hasattr(libc, fn):
             raise OSError(f"inotify is not available: libc has no {fn}")

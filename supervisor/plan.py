@@ -99,6 +99,13 @@ def uses_rules(config: Config, overrides: Mapping[str, object]) -> bool:
         u.gpu or u.when for u in config.units.values())
 
 
+def needs_gpu_inventory(config: Config, overrides: Mapping[str, object]) -> bool:
+    """Whether the plan can use GPU facts: QAnything's rules, or a unit with a `vram_mib` to pre-flight.
+
+    A stack without either never reads NVML (reading it costs ~3 MiB of the daemon's resident memory)."""
+    return uses_rules(config, overrides) or any(u.vram_mib for u in config.units.values())
+
+
 def plan_inputs(config: Config, overrides: Mapping[str, object]) -> PlanInputs:
     """[plan] defaults from the stack file, overridden by the command line's flags."""
     names = {f.name for f in fields(PlanInputs)}

@@ -2,7 +2,9 @@
 
 Probes start fast (50 ms) and back off by half again each try up to the unit's ``interval``, so a service that
 comes up in 300 ms is seen in about 300 ms, and one that loads a model for minutes is not hammered.
-httpx is imported only when an HTTP probe runs (it costs ~50 ms of start-up).
+httpx is imported only when an HTTP probe runs (it costs ~50 ms of start-up). A probe of an ``http://`` URL
+uses a transport without a TLS context, so that it does not load OpenSSL (see :mod:`supervisor.lazyssl`);
+``https://`` URLs get httpx's default transport and certificate checks.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ class HttpProbe(_Polled):
         import httpx
 
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=max(self.interval, 2.0), trust_env=False)
+            self._client = make_client(httpx, self.url, max(self.interval, 2.0))
         try:
             r = await self._client.request(self.method, self.url)
         except httpx.HTTPError as e:
@@ -98,6 +100,23 @@ class HttpProbe(_Polled):
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+
+def make_client(httpx, url: str, timeout: float):
+    """An httpx client for probing ``url``: for ``http://`` one whose transport has no TLS context.
+
+    httpx's default transport builds an ``ssl.SSLContext`` (and reads certifi's CA bundle) when it is made,
+    whatever the URL; that loads OpenSSL, ~5 MiB of resident memory, to probe ``http://localhost``.  The
+    transport here is httpx's own with its connection pool made without a context (httpcore makes one only
+    for an ``https://`` connection, and this client never makes one: redirects are not followed).
+    """
+    if not url.lower().startswith("http://"):
+        return httpx.AsyncClient(timeout=timeout, trust_env=False)
+    import httpcore
+
+    transport = httpx.AsyncHTTPTransport.__new__(httpx.AsyncHTTPTransport)
+    transport._pool = httpcore.AsyncConnectionPool(ssl_context=None, http1=True, http2=False)
+    return httpx.AsyncClient(timeout=timeout, trust_env=False, transport=transport)
 
 
 class TcpProbe(_Polled):

@@ -205,3 +205,40 @@ def test_real_nvml() -> None:
         assert g.capability >= (3, 0)
     inventory = load_inventory(None, {})
     assert inventory.source == "nvml" and [g.name for g in inventory.gpus] == [g.name for g in gpus]
+
+
+def test_nvml_is_read_only_when_the_stack_uses_a_gpu(tmp_path: Path) -> None:
+    """A stack without QAnything's rules and without `vram_mib` never imports pynvml (~3 MiB of the daemon)."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    seen = tmp_path / "nvml-imported"
+    (fake / "pynvml.py").write_text(textwrap.dedent(f"""
+        open({str(seen)!r}, "a").write("imported\\n")
+        class NVMLError(Exception):
+            pass
+        class Mem:
+            total = 24576 * 1024 * 1024
+            free = 20000 * 1024 * 1024
+        def nvmlInit(): pass
+        def nvmlShutdown(): pass
+        def nvmlDeviceGetCount(): return 1
+        def nvmlDeviceGetHandleByIndex(i): return i
+        def nvmlDeviceGetName(h): return "NVIDIA GeForce RTX 3090"
+        def nvmlDeviceGetMemoryInfo(h): return Mem()
+        def nvmlDeviceGetCudaComputeCapability(h): return (8, 6)
+        """))
+    stack = tmp_path / "stack"
+    (stack / "services.d").mkdir(parents=True)
+    (stack / "services.d" / "web.toml").write_text('command = ["sleep", "1"]\n')
+    plan = "import sys\nfrom supervisor.cli import main\nsys.exit(main(['--config', 'qasup.toml', 'plan', '--json']))\n"
+    (stack / "qasup.toml").write_text('[stack]\nname = "s"\n')
+    r = run_python(plan, stack, extra_path=fake)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["gpus"] == [] and not seen.exists()
+
+    (stack / "services.d" / "llm.toml").write_text('command = ["sleep", "1"]\nvram_mib = 9000\n')
+    r = run_python(plan, stack, extra_path=fake)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert seen.read_text() == "imported\n"
+    assert [g["memory_free_mib"] for g in doc["gpus"]] == [20000]
