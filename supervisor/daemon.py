@@ -135,10 +135,11 @@ async def _main(plan: Plan, args: argparse.Namespace) -> int:
     return code
 
 
-# The guardian: a tiny process (no imports beyond os/time) that outlives a SIGKILLed qasup. It blocks reading a
-# pipe whose only write end qasup holds; at EOF (qasup exited, however it died) it SIGKILLs every process
-# whose environment carries this daemon's QASUP_DAEMON id: the services' setsid'd daemons and grandchildren
-# that PDEATHSIG (leaders only) does not reach. After a clean shutdown there is nothing left to kill.
+# The guardian outlives a SIGKILLed qasup. It waits on a pipe whose only write end qasup holds; at EOF (qasup
+# exited, however it died) it SIGKILLs every process whose environment carries this daemon's QASUP_DAEMON id:
+# services, their setsid'd daemons and grandchildren. After a clean shutdown there is nothing left to kill.
+# The waiting is done by /bin/sh (about 1 MiB resident, against 8 MiB for an idle Python); only at EOF does it
+# exec Python (-I -S: no site, no imports beyond os/time) to walk /proc. Without /bin/sh, Python waits itself.
 _GUARD_CODE = """
 import os, sys, time
 fd, needle = int(sys.argv[1]), ("%s=" + sys.argv[2]).encode()
@@ -168,6 +169,15 @@ for _ in range(40):
         break
     time.sleep(0.05)
 """ % DAEMON_VARIABLE
+# stdin is the pipe; `read` returns non-zero at EOF; then "$0" is Python, "$1" the code, "$2" the daemon id
+_GUARD_SH = 'while read -r _; do :; done; exec "$0" -I -S -c "$1" 0 "$2"'
+
+
+def guardian_argv(daemon_id: str, shell: str | None = "/bin/sh") -> list[str]:
+    """The guardian's command line; its stdin must be the read end of the pipe."""
+    if shell is not None and os.access(shell, os.X_OK):
+        return [shell, "-c", _GUARD_SH, sys.executable, _GUARD_CODE, daemon_id]
+    return [sys.executable, "-I", "-S", "-c", _GUARD_CODE, "0", daemon_id]
 
 
 @asynccontextmanager
@@ -177,9 +187,8 @@ async def _guardian(reaper: process.Reaper, daemon_id: str, say: Callable[[str],
     null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)   # never hold qasup's stdout open after it died
     env = {k: v for k, v in os.environ.items() if k != DAEMON_VARIABLE}
     try:
-        child = reaper.spawn([sys.executable, "-I", "-S", "-c", _GUARD_CODE, str(read_fd), daemon_id], cwd="/",
-                             env=env, stdout=null, stderr=null, tag="qasup-guardian", pdeathsig=False,
-                             pass_fds=(read_fd,))
+        child = reaper.spawn(guardian_argv(daemon_id), cwd="/", env=env, stdin=read_fd, stdout=null,
+                             stderr=null, tag="qasup-guardian", pdeathsig=False)
     except process.SpawnError as e:
         child = None
         say(f"no guardian ({e}): if qasup is killed with SIGKILL, its services will outlive it")

@@ -484,8 +484,10 @@ class Reaper:
         tag: str,
         pdeathsig: bool = True,
         pass_fds: Sequence[int] = (),
+        stdin: int | None = None,
     ) -> Child:
-        """Start ``argv`` in its own session and process group; stdin is /dev/null.
+        """Start ``argv`` in its own session and process group; stdin is ``stdin`` (a file descriptor), else
+        /dev/null.
 
         ``stdout``/``stderr`` are file descriptors (None: inherit qasup's; ``subprocess.STDOUT``
         works for stderr). ``env`` is the complete environment; ``QASUP_INSTANCE`` is set to
@@ -514,7 +516,7 @@ class Reaper:
                 argv,
                 cwd=cwd,
                 env=environ,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL if stdin is None else stdin,
                 stdout=stdout,
                 stderr=stderr,
                 close_fds=True,

@@ -14,7 +14,6 @@ import stat
 import tempfile
 import threading
 import time
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,9 +22,9 @@ import anyio
 import anyio.from_thread
 import pytest
 
+from fakecontrol import FakeController
 from supervisor import client
 from supervisor.api import (
-    ControlError,
     DaemonAlreadyRunning,
     Limits,
     ListenError,
@@ -37,81 +36,18 @@ from supervisor.api import (
 TOKEN = "t0ken-for-tests-0123456789"
 
 
-class FakeController:
-    """An in-memory engine: three services, recorded calls, events published on demand."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.services: dict[str, dict[str, Any]] = {
-            "sanic": {"state": "ready", "pid": 812, "restarts": 0, "uptime_s": 3.2, "ready_after_s": 1.9},
-            "llm": {"state": "starting", "pid": 813, "restarts": 1, "uptime_s": 0.5, "ready_after_s": None},
-            "ocr": {"state": "disabled", "pid": None, "restarts": 0, "uptime_s": None, "ready_after_s": None},
-        }
-        self.calls: list[tuple] = []
-        self.shutdowns = 0
-        self.subscribers: list[anyio.abc.ObjectSendStream[dict]] = []
-        self.reload_error: str | None = None
-
-    def status(self, names=()) -> dict:
-        chosen = names or list(self.services)
-        return {
-            "stack": {"state": "starting", "pid": os.getpid(), "uptime_s": 12.5},
-            "services": [
-                {"name": n, **self.services[n], "exit_code": None, "last_error": None, "gpu": None,
-                 "env": {"API_KEY": "sk-123", "PORT": "8777"}}
-                for n in chosen
-            ],
-        }
-
-    def has_service(self, name: str) -> bool:
-        self.calls.append(("has_service", name))
-        return name in self.services
-
-    async def start(self, name: str) -> dict:
-        self.calls.append(("start", name))
-        if name == "llm":
-            raise ControlError("llm: not ready within 120s", 409)
-        self.services[name]["state"] = "ready"
-        return {"name": name, "state": "ready"}
-
-    async def stop(self, name: str) -> dict:
-        self.calls.append(("stop", name))
-        self.services[name]["state"] = "stopped"
-        return {"name": name, "state": "stopped"}
-
-    async def restart(self, name: str, with_dependents: bool = False) -> dict:
-        self.calls.append(("restart", name, with_dependents))
-        return {"name": name, "state": "ready", "restarted": [name]}
-
-    def log_path(self, name: str) -> Path:
-        return self.log_dir / f"{name}.log"
-
-    @asynccontextmanager
-    async def subscribe_events(self):
-        send, receive = anyio.create_memory_object_stream[dict](100)
-        self.subscribers.append(send)
-        try:
-            async with receive:
-                yield receive
-        finally:
-            self.subscribers.remove(send)
-
-    def publish(self, event: dict) -> None:
-        for send in list(self.subscribers):
-            send.send_nowait(event)
-
-    def end_events(self) -> None:
-        for send in list(self.subscribers):
-            send.close()
-
-    async def reload(self) -> dict:
-        self.calls.append(("reload",))
-        if self.reload_error:
-            raise ControlError(self.reload_error, 400)
-        return {"changed": ["sanic"], "added": [], "removed": []}
-
-    async def shutdown(self) -> None:
-        self.shutdowns += 1
+def make_controller(log_dir: Path) -> FakeController:
+    """Three services (one ready, one starting whose start fails, one disabled); status shows a masked env."""
+    env = {"API_KEY": "sk-123", "PORT": "8777"}
+    c = FakeController(log_dir, {
+        "sanic": {"state": "ready", "pid": 812, "restarts": 0, "uptime_s": 3.2, "ready_after_s": 1.9, "env": env},
+        "llm": {"state": "starting", "pid": 813, "restarts": 1, "uptime_s": 0.5, "ready_after_s": None, "env": env},
+        "ocr": {"state": "disabled", "pid": None, "restarts": 0, "uptime_s": None, "ready_after_s": None,
+                "env": env},
+    })
+    c.stack_state, c.stack_pid, c.stack_uptime = "starting", os.getpid(), 12.5
+    c.start_errors["llm"] = "llm: not ready within 120s"
+    return c
 
 
 @dataclass
@@ -150,7 +86,7 @@ def start_server(portal, short_dir):
     started: list[Server] = []
 
     def start(limits: Limits = Limits(request_timeout=1.0), socket_path: Path | None = None, **kwargs) -> Server:
-        controller = FakeController(short_dir)
+        controller = make_controller(short_dir)
         path = socket_path or short_dir / "state" / "qasup.sock"
         logs: list[str] = []
         scopes: list[anyio.CancelScope] = []
@@ -445,7 +381,7 @@ def test_stale_socket_replaced_live_one_refused(start_server, portal, short_dir)
     server = start_server(socket_path=path)
     assert_status_ok(server)
     with pytest.raises(DaemonAlreadyRunning, match="already answering"):
-        portal.call(lambda: serve(FakeController(short_dir), path, log=lambda m: None))
+        portal.call(lambda: serve(make_controller(short_dir), path, log=lambda m: None))
     assert_status_ok(server)  # the live daemon's socket was left alone
 
 
@@ -453,7 +389,7 @@ def test_regular_file_at_socket_path_is_not_replaced(portal, short_dir):
     path = short_dir / "qasup.sock"
     path.write_text("precious")
     with pytest.raises(ListenError, match="not a socket"):
-        portal.call(lambda: serve(FakeController(short_dir), path, log=lambda m: None))
+        portal.call(lambda: serve(make_controller(short_dir), path, log=lambda m: None))
     assert path.read_text() == "precious"
 
 
@@ -490,7 +426,7 @@ def test_tcp_listener_requires_bearer_token(start_server):
 def test_tcp_listener_refused_without_a_long_token(portal, short_dir, token):
     path = short_dir / "qasup.sock"
     with pytest.raises(ListenError, match="QASUP_TOKEN"):
-        portal.call(lambda: serve(FakeController(short_dir), path, listen=("127.0.0.1", 0), token=token))
+        portal.call(lambda: serve(make_controller(short_dir), path, listen=("127.0.0.1", 0), token=token))
     assert not path.exists()
 
 

@@ -16,84 +16,29 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import anyio
 import anyio.from_thread
 import pytest
 
+from fakecontrol import FakeController
 from supervisor import ctl
-from supervisor.api import ControlError, serve
+from supervisor.api import serve
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class FakeController:
-    """Services with settable states; actions recorded; shutdown ends the server."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.stack_state = "ready"
-        self.services: dict[str, dict[str, Any]] = {
-            "sanic": {"state": "ready", "pid": 812, "restarts": 0, "uptime_s": 3725.0, "ready_after_s": 1.94,
-                      "exit_code": None, "last_error": None},
-            "llm-worker": {"state": "ready", "pid": 9, "restarts": 12, "uptime_s": 42.0, "ready_after_s": 0.35,
-                           "exit_code": None, "last_error": None},
-            "ocr": {"state": "disabled", "pid": None, "restarts": 0, "uptime_s": None, "ready_after_s": None,
-                    "exit_code": None, "last_error": None},
-        }
-        self.calls: list[tuple] = []
-        self.subscribers: list[Any] = []
-        self.reload_error: str | None = None
-        self.on_shutdown = lambda: None
-
-    def status(self, names=()) -> dict:
-        chosen = names or list(self.services)
-        return {"stack": {"state": self.stack_state, "pid": 1, "uptime_s": 3730.0},
-                "services": [{"name": n, **self.services[n], "gpu": None} for n in chosen]}
-
-    def has_service(self, name: str) -> bool:
-        return name in self.services
-
-    async def start(self, name: str) -> dict:
-        self.calls.append(("start", name))
-        if self.services[name]["state"] == "disabled":
-            raise ControlError(f"{name} is disabled by the plan", 409)
-        self.services[name]["state"] = "ready"
-        return {"name": name, "state": "ready"}
-
-    async def stop(self, name: str) -> dict:
-        self.calls.append(("stop", name))
-        self.services[name]["state"] = "stopped"
-        return {"name": name, "state": "stopped"}
-
-    async def restart(self, name: str, with_dependents: bool = False) -> dict:
-        self.calls.append(("restart", name, with_dependents))
-        return {"name": name, "state": "ready"}
-
-    def log_path(self, name: str) -> Path:
-        return self.log_dir / f"{name}.log"
-
-    @asynccontextmanager
-    async def subscribe_events(self):
-        send, receive = anyio.create_memory_object_stream[dict](100)
-        self.subscribers.append(send)
-        try:
-            async with receive:
-                yield receive
-        finally:
-            self.subscribers.remove(send)
-
-    async def reload(self) -> dict:
-        if self.reload_error:
-            raise ControlError(self.reload_error, 400)
-        return {"changed": ["sanic", "ocr"]}
-
-    async def shutdown(self) -> None:
-        self.calls.append(("shutdown",))
-        self.on_shutdown()
+def make_controller(log_dir: Path) -> FakeController:
+    """Services with settable states; shutdown ends the server (see Daemon)."""
+    c = FakeController(log_dir, {
+        "sanic": {"state": "ready", "pid": 812, "restarts": 0, "uptime_s": 3725.0, "ready_after_s": 1.94},
+        "llm-worker": {"state": "ready", "pid": 9, "restarts": 12, "uptime_s": 42.0, "ready_after_s": 0.35},
+        "ocr": {"state": "disabled", "pid": None, "restarts": 0, "uptime_s": None, "ready_after_s": None},
+    })
+    c.reload_result = {"changed": ["sanic", "ocr"]}
+    return c
 
 
 class Daemon:
@@ -102,7 +47,7 @@ class Daemon:
     def __init__(self, portal: anyio.from_thread.BlockingPortal, socket_path: Path, log_dir: Path) -> None:
         self.portal = portal
         self.socket_path = socket_path
-        self.controller = FakeController(log_dir)
+        self.controller = make_controller(log_dir)
         self.finished = threading.Event()
         self.scope: anyio.CancelScope | None = None
         portal.start_task(self._run)

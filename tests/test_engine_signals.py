@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import time
+import uuid
+
+import pytest
 
 from enginehelp import PY, alive, poll, standin, stack, up  # noqa: F401  (fixtures)
 
@@ -98,3 +103,32 @@ def test_sigkilled_qasup_does_not_leave_the_stack_running(stack, up, tmp_path):
     u.signal(signal.SIGKILL)
     u.wait(5)
     poll(lambda: not u.leftovers(), 5, "every service process to be gone after qasup was SIGKILLed")
+
+
+@pytest.mark.parametrize("shell", ["/bin/sh", None], ids=["sh-waits", "python-waits"])
+def test_guardian_kills_what_carries_the_daemon_id_when_its_pipe_closes(shell):
+    from supervisor.daemon import guardian_argv
+    from supervisor.engine import DAEMON_VARIABLE
+
+    daemon_id = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if k != DAEMON_VARIABLE}
+    victim = subprocess.Popen(["sleep", "60"], env={**env, DAEMON_VARIABLE: daemon_id}, start_new_session=True)
+    bystander = subprocess.Popen(["sleep", "60"], env={**env, DAEMON_VARIABLE: "another-daemon"})
+    read_fd, write_fd = os.pipe()
+    guardian = subprocess.Popen(guardian_argv(daemon_id, shell), stdin=read_fd, env=env)
+    os.close(read_fd)
+    try:
+        # while qasup lives, the guardian waits (in /bin/sh when there is one: ~1 MiB instead of Python's 8)
+        exe = poll(lambda: os.path.basename(os.readlink(f"/proc/{guardian.pid}/exe")), 5, "the guardian's exe")
+        assert ("python" not in exe) == (shell is not None), exe
+        time.sleep(0.1)  # a negative check: nothing is killed while the pipe is open
+        assert victim.poll() is None and guardian.poll() is None
+        os.close(write_fd)  # what qasup's death does
+        assert guardian.wait(10) == 0
+        assert victim.wait(5) == -signal.SIGKILL
+        assert bystander.poll() is None
+    finally:
+        for p in (victim, bystander, guardian):
+            if p.poll() is None:
+                p.kill()
+                p.wait()

@@ -148,6 +148,26 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def guardian_pid(daemon_pid: int) -> int | None:
+    """qasup's guardian: the child of the daemon whose QASUP_INSTANCE tags include ``qasup-guardian:``."""
+    kids: list[str] = []
+    try:
+        for tid in os.listdir(f"/proc/{daemon_pid}/task"):
+            with open(f"/proc/{daemon_pid}/task/{tid}/children") as f:
+                kids += f.read().split()
+    except OSError:
+        return None
+    for kid in kids:
+        try:
+            with open(f"/proc/{kid}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(v.startswith(b"QASUP_INSTANCE=") and b"qasup-guardian:" in v for v in env):
+            return int(kid)
+    return None
+
+
 def marked_pids(var: str, value: str) -> list[int]:
     """Processes whose initial environment holds ``VAR=VALUE`` (the harness marks all it starts)."""
     needle = b"\0" + f"{var}={value}".encode() + b"\0"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from benchkit.daemons import Daemon, Prog, Qasup, Supervisord
-from benchkit.procs import WaitTimeout, cpu_ticks, rss_kib, supervisord_line_time
+from benchkit.procs import WaitTimeout, cpu_ticks, guardian_pid, rss_kib, supervisord_line_time
 
 QASUP, SV = "qasup", "supervisord"
 
@@ -226,8 +226,9 @@ def s2_marker_latency(ctx: Ctx, res: Result, duration: float) -> None:
 
 # ---------------------------------------------------------------------------------------------- 3
 
-def open_gate(fifo: Path, timeout: float) -> float:
-    """Wait until the stand-in has the FIFO open, then release it; returns the wall time of the release."""
+def open_gate(fifo: Path, timeout: float, just_before: Callable[[], None] = lambda: None) -> float:
+    """Wait until the stand-in has the FIFO open, call ``just_before``, then release the stand-in; returns the
+    wall time of the release."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -238,6 +239,7 @@ def open_gate(fifo: Path, timeout: float) -> float:
                 raise WaitTimeout(f"the burst stand-in did not open its gate within {timeout:g}s") from None
             time.sleep(0.002)
     try:
+        just_before()
         t0 = time.time()
         os.write(fd, b"g")
     finally:
@@ -287,9 +289,11 @@ def s3_burst(ctx: Ctx, res: Result, round_no: int, reps: int = 2) -> None:
         def run(d: Daemon = d, who: str = who, fifo: Path = fifo) -> None:
             d.start()
             os.sync()   # no write-back of earlier files during the measurement
-            t0 = open_gate(fifo, 20)
+            ticks0: list[int] = []
+            t0 = open_gate(fifo, 20, lambda: ticks0.append(cpu_ticks(d.pid)))
             log = d.log_file("burst")  # type: ignore[attr-defined]
             t1, seen = wait_size(log, size, 60)
+            res.add("cpu_ms", who, (cpu_ticks(d.pid) - ticks0[0]) * 1000 / os.sysconf("SC_CLK_TCK"))
             if t1 is None:
                 res.add("lost_bytes", who, size - seen)
                 raise RuntimeError(f"log holds {seen} of {size} bytes after 60 s")
@@ -352,6 +356,8 @@ def s457_idle_status_restart(ctx: Ctx, r4: Result, r5: Result, r7: Result, round
                 if up[w]:
                     r4.add("idle_ticks", w, cpu_ticks(d.pid) - before[w])
                     r4.add("rss_mib", w, rss_kib(d.pid) / 1024)
+                    if w == QASUP and (g := guardian_pid(d.pid)) is not None:
+                        r4.add("guardian_rss_mib", w, rss_kib(g) / 1024)
         except _Skip:
             pass
         except OSError as e:
