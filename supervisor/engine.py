@@ -93,8 +93,10 @@ class Service:
         self.patterns: logs.PatternSet | None = None
         self.pattern_key: tuple[str, ...] | None = None
         self.logfile: logs.RotatingFile | None = None
-        self.finished = anyio.Event()
-        self.changed = anyio.Event()
+        # made only when someone waits (two events per service add up in a stack of hundreds)
+        self._finished: anyio.Event | None = None
+        self._changed: anyio.Event | None = None
+        self.done = False                     # the runner has returned
         self.removed = False
         self._setup_patterns()
 
@@ -103,6 +105,22 @@ class Service:
     @property
     def spec(self):
         return self.unit.spec
+
+    @property
+    def changed(self) -> anyio.Event:
+        """Set at the next state change (a new event after each)."""
+        if self._changed is None:
+            self._changed = anyio.Event()
+        return self._changed
+
+    @property
+    def finished(self) -> anyio.Event:
+        """Set once the runner has returned."""
+        if self._finished is None:
+            self._finished = anyio.Event()
+            if self.done:
+                self._finished.set()
+        return self._finished
 
     def post(self, *msg: Any) -> None:
         try:
@@ -123,8 +141,9 @@ class Service:
         prev, self.state = self.state, state
         self.state_since = time.monotonic()
         self.engine.record(self, prev, message)
-        ev, self.changed = self.changed, anyio.Event()
-        ev.set()
+        ev, self._changed = self._changed, None
+        if ev is not None:
+            ev.set()
         self.engine.poke_neighbours(self.name)
 
     def running(self) -> bool:
@@ -151,7 +170,9 @@ class Service:
                     if self.removed and self.inst is None:
                         break
             tg.cancel_scope.cancel()
-        self.finished.set()
+        self.done = True
+        if self._finished is not None:
+            self._finished.set()
 
     def handle(self, msg: tuple) -> None:
         kind = msg[0]
@@ -316,6 +337,11 @@ class Service:
 
         Followers start before the process so that nothing it writes is missed, and from the end so that a
         marker left in the file by an earlier run never counts for this one."""
+        if not unit.tail:   # nothing to follow: no task group to hold (it costs memory per service)
+            failure = self._spawn(inst, unit)
+            if failure is not None:
+                return None, failure
+            return await self._supervise(inst, unit), None
         async with anyio.create_task_group() as tg:
             attached = []
             for path in unit.tail:
@@ -807,7 +833,7 @@ class Engine:
 
     async def _all_finished(self) -> None:
         while True:
-            pending = [s for s in self.services.values() if not s.finished.is_set()]
+            pending = [s for s in self.services.values() if not s.done]
             if not pending:
                 return
             await pending[0].finished.wait()

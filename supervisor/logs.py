@@ -99,6 +99,8 @@ async def capture(
             try:
                 chunk = os.read(read_fd, READ_SIZE)
             except BlockingIOError:
+                chunk = None   # wait outside the except block: it would keep the exception alive meanwhile
+            if chunk is None:
                 await anyio.wait_readable(read_fd)
                 unyielded = 0
                 continue
