@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Mapping, Sequence
 
 import anyio
+import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectSendStream
 
 from supervisor import contenthash, dotenv, logs, process
@@ -68,6 +69,37 @@ class Instance:
     terminating: bool = False
 
 
+class Mailbox:
+    """A service's messages in arrival order, read by its runner alone (lighter than a memory object stream:
+    a stack holds one per service)."""
+
+    __slots__ = ("_items", "_waiter", "_closed")
+
+    def __init__(self) -> None:
+        self._items: deque[tuple] = deque()
+        self._waiter: anyio.Event | None = None
+        self._closed = False
+
+    def put(self, msg: tuple) -> None:
+        if self._closed:
+            return
+        self._items.append(msg)
+        if self._waiter is not None:
+            self._waiter.set()
+            self._waiter = None
+
+    async def get(self) -> tuple:
+        await anyio.lowlevel.checkpoint()   # one message at a time, others run in between
+        while not self._items:
+            self._waiter = anyio.Event()
+            await self._waiter.wait()
+        return self._items.popleft()
+
+    def close(self) -> None:
+        self._closed = True
+        self._items.clear()
+
+
 class Service:
     """Runtime state of one service and its runner (the only code that changes that state)."""
 
@@ -77,7 +109,7 @@ class Service:
         self.unit = unit
         self.splan = splan
         self.state = WAITING if splan.enabled else DISABLED
-        self.send, self.recv = anyio.create_memory_object_stream[tuple](math.inf)
+        self.mailbox = Mailbox()
         self.held: str | None = None          # "user": stopped by a user; "failed": failed by itself
         self.restarts = 0
         self.restart_times: deque[float] = deque()
@@ -123,10 +155,7 @@ class Service:
         return self._finished
 
     def post(self, *msg: Any) -> None:
-        try:
-            self.send.send_nowait(msg)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass
+        self.mailbox.put(msg)
 
     def _setup_patterns(self) -> None:
         pats = tuple(r.match for r in self.unit.rules) + ((self.unit.ready.log,) if self.unit.ready.log else ())
@@ -159,8 +188,9 @@ class Service:
         async with anyio.create_task_group() as tg:
             self.tg = tg
             self.post("poke")
-            async with self.recv:
-                async for msg in self.recv:
+            try:
+                while True:
+                    msg = await self.mailbox.get()
                     try:
                         self.handle(msg)
                     except Exception as e:  # a bug must not take the stack down silently
@@ -169,6 +199,8 @@ class Service:
                         break
                     if self.removed and self.inst is None:
                         break
+            finally:
+                self.mailbox.close()   # later messages are dropped
             tg.cancel_scope.cancel()
         self.done = True
         if self._finished is not None:
