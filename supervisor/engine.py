@@ -335,7 +335,7 @@ class Service:
             os.replace(tmp, stamp)
         return None
 
-    def _spawn(self, inst: Instance, unit: ResolvedUnit) -> str | None:
+    async def _spawn(self, inst: Instance, unit: ResolvedUnit) -> str | None:
         try:
             self.open_log()
         except logs.LogError as e:
@@ -349,11 +349,12 @@ class Service:
             # shorter than what the service itself waited (the daemon may be descheduled after the fork)
             spawned_at = time.monotonic()
             try:
-                # pdeathsig=False: the guardian (daemon.py) kills the whole stack if qasup dies, and a
-                # preexec hook would make Popen fork the daemon instead of vfork (~15 ms per spawn)
-                inst.child = self.engine.reaper.spawn(unit.argv, cwd=unit.cwd, env=self.process_env(unit),
-                                                      stdout=write_fd, stderr=write_fd, tag=self.name,
-                                                      pdeathsig=False)
+                # no PDEATHSIG: the guardian (daemon.py) kills the whole stack if qasup dies, and a preexec
+                # hook would make Popen fork the daemon instead of vfork (~15 ms per spawn); in a worker
+                # thread, so that the loop goes on while the child gets to exec (see Reaper.spawn_async)
+                inst.child = await self.engine.reaper.spawn_async(
+                    unit.argv, cwd=unit.cwd, env=self.process_env(unit), stdout=write_fd, stderr=write_fd,
+                    tag=self.name)
             except process.SpawnError as e:
                 os.close(read_fd)
                 return str(e)
@@ -370,7 +371,7 @@ class Service:
         Followers start before the process so that nothing it writes is missed, and from the end so that a
         marker left in the file by an earlier run never counts for this one."""
         if not unit.tail:   # nothing to follow: no task group to hold (it costs memory per service)
-            failure = self._spawn(inst, unit)
+            failure = await self._spawn(inst, unit)
             if failure is not None:
                 return None, failure
             return await self._supervise(inst, unit), None
@@ -385,7 +386,7 @@ class Service:
             with anyio.move_on_after(2.0):
                 for ev in attached:
                     await ev.wait()
-            failure = self._spawn(inst, unit)
+            failure = await self._spawn(inst, unit)
             if failure is not None:
                 tg.cancel_scope.cancel()
                 return None, failure

@@ -27,6 +27,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 
 __all__ = [
     "TAG_VARIABLE",
@@ -402,6 +403,10 @@ def members(child: Child) -> set[int]:
 # the reaper
 
 
+SPAWN_THREADS = 4
+"""Worker threads that :meth:`Reaper.spawn_async` forks from at most (they stay, idle, once started)."""
+
+
 class Reaper:
     """The one component that reaps children in a qasup process; also the only way to spawn.
 
@@ -415,6 +420,9 @@ class Reaper:
         self.orphans_reaped = 0
         self.subreaper = False
         self._snapshot: _Snapshot | None = None
+        self._in_flight = 0                 # spawn_async calls between fork and registration
+        self._held: dict[int, int] = {}     # pid -> status reaped while a spawn was in flight
+        self._spawn_threads: anyio.CapacityLimiter | None = None
 
     @classmethod
     @asynccontextmanager
@@ -464,10 +472,12 @@ class Reaper:
                 return count
             count += 1
             child = self._children.pop(pid, None)
-            if child is None:
-                self.orphans_reaped += 1
-            else:
+            if child is not None:
                 child._set_status(status)
+            elif self._in_flight:
+                self._held[pid] = status   # perhaps a child of a spawn that has not returned yet
+            else:
+                self.orphans_reaped += 1
 
     def running(self) -> list[Child]:
         """Children spawned here whose status has not been collected yet."""
@@ -497,46 +507,112 @@ class Reaper:
         """
         if threading.get_ident() != self._thread:
             raise RuntimeError("Reaper.spawn must be called from the event-loop thread (PDEATHSIG is per thread)")
-        if not argv:
-            raise SpawnError("cannot start a service with an empty command")
-        argv = [os.fspath(a) for a in argv]
-        cwd = os.fspath(cwd)
-        if not os.path.isdir(cwd):
-            why = "does not exist" if not os.path.exists(cwd) else "is not a directory"
-            raise SpawnError(f"cannot start {argv[0]!r}: working directory {cwd!r} {why}")
-        full_tag = f"{tag}:{os.urandom(8).hex()}"
-        environ = dict(env)
-        inherited = environ.get(TAG_VARIABLE, "").strip()
-        environ[TAG_VARIABLE] = f"{inherited} {full_tag}" if inherited else full_tag
+        argv, cwd, environ, full_tag = _launch_args(argv, cwd, env, tag)
         preexec = _pdeathsig_setup(os.getpid()) if pdeathsig else None
-        import subprocess  # here, not at module top: CLI verbs that never spawn skip its import cost
+        pid = _popen(argv, cwd, environ, stdin, stdout, stderr, tuple(pass_fds), preexec)
+        return self._register(pid, full_tag, argv)
 
+    async def spawn_async(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str | Path,
+        env: Mapping[str, str],
+        stdout: int | None,
+        stderr: int | None,
+        tag: str,
+        pass_fds: Sequence[int] = (),
+        stdin: int | None = None,
+    ) -> Child:
+        """:meth:`spawn` without PDEATHSIG, done in a worker thread so that the event loop runs meanwhile.
+
+        The parent of a vfork waits until the child has exec'd: about a millisecond on an idle machine, but
+        tens of them when the CPUs are busy (a new task queues behind the running ones), and the event loop
+        would stall for that long, delaying every other service's output, markers and exits. Since Python
+        3.11.6 the wait does not hold the GIL. A child that exits before it is registered here is not lost:
+        while spawns are in flight, statuses of unknown pids are held back and matched on registration.
+        Not cancellable once started (the child exists and must be supervised). Raises :class:`SpawnError`.
+        """
+        argv, cwd, environ, full_tag = _launch_args(argv, cwd, env, tag)
+        run = functools.partial(_popen, argv, cwd, environ, stdin, stdout, stderr, tuple(pass_fds), None)
+        self._in_flight += 1
         try:
-            popen = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                env=environ,
-                stdin=subprocess.DEVNULL if stdin is None else stdin,
-                stdout=stdout,
-                stderr=stderr,
-                close_fds=True,
-                pass_fds=tuple(pass_fds),
-                start_new_session=True,
-                preexec_fn=preexec,
-            )
-        except OSError as exc:
-            raise SpawnError(_os_error_message(argv[0], cwd, environ, exc)) from None
-        except (ValueError, TypeError) as exc:  # NUL bytes, non-string environment values
-            raise SpawnError(f"cannot start {argv[0]!r}: {exc}") from None
-        except subprocess.SubprocessError as exc:  # the preexec hook failed
-            raise SpawnError(f"cannot start {argv[0]!r}: {exc}") from None
-        # Disown: Popen.__del__ and subprocess._cleanup must never waitpid on our pid.
-        popen.returncode = _DISOWNED
-        st = _stat(popen.pid)
-        child = Child(popen.pid, full_tag, argv, st.start if st else None)
+            with anyio.CancelScope(shield=True):
+                if self._spawn_threads is None:   # a few threads are plenty: each waits only for an exec
+                    self._spawn_threads = anyio.CapacityLimiter(SPAWN_THREADS)
+                pid = await anyio.to_thread.run_sync(run, limiter=self._spawn_threads)
+        except BaseException:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._release_held()
+            raise
+        self._in_flight -= 1
+        child = self._register(pid, full_tag, argv)
+        status = self._held.pop(pid, None)
+        if status is not None:   # it exited, and was reaped, before it was registered
+            self._children.pop(pid, None)
+            child._set_status(status)
+        if not self._in_flight:
+            self._release_held()
+        return child
+
+    def _register(self, pid: int, full_tag: str, argv: list[str]) -> Child:
+        st = _stat(pid)
+        child = Child(pid, full_tag, argv, st.start if st else None)
         child._reaper = self
         self._children[child.pid] = child
         return child
+
+    def _release_held(self) -> None:
+        """No spawn in flight: held statuses belonged to orphans after all."""
+        self.orphans_reaped += len(self._held)
+        self._held.clear()
+
+
+def _launch_args(argv: Sequence[str], cwd: str | Path, env: Mapping[str, str],
+                 tag: str) -> tuple[list[str], str, dict[str, str], str]:
+    """Checked argv and cwd, and the environment with the child's tag added (see :meth:`Reaper.spawn`)."""
+    if not argv:
+        raise SpawnError("cannot start a service with an empty command")
+    argv = [os.fspath(a) for a in argv]
+    cwd = os.fspath(cwd)
+    if not os.path.isdir(cwd):
+        why = "does not exist" if not os.path.exists(cwd) else "is not a directory"
+        raise SpawnError(f"cannot start {argv[0]!r}: working directory {cwd!r} {why}")
+    full_tag = f"{tag}:{os.urandom(8).hex()}"
+    environ = dict(env)
+    inherited = environ.get(TAG_VARIABLE, "").strip()
+    environ[TAG_VARIABLE] = f"{inherited} {full_tag}" if inherited else full_tag
+    return argv, cwd, environ, full_tag
+
+
+def _popen(argv: list[str], cwd: str, environ: dict[str, str], stdin: int | None, stdout: int | None,
+           stderr: int | None, pass_fds: tuple[int, ...], preexec: Callable[[], None] | None) -> int:
+    """Fork and exec in a new session; returns the pid, disowned (only the Reaper waits for it)."""
+    import subprocess  # here, not at module top: CLI verbs that never spawn skip its import cost
+
+    try:
+        popen = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=environ,
+            stdin=subprocess.DEVNULL if stdin is None else stdin,
+            stdout=stdout,
+            stderr=stderr,
+            close_fds=True,
+            pass_fds=pass_fds,
+            start_new_session=True,
+            preexec_fn=preexec,
+        )
+    except OSError as exc:
+        raise SpawnError(_os_error_message(argv[0], cwd, environ, exc)) from None
+    except (ValueError, TypeError) as exc:  # NUL bytes, non-string environment values
+        raise SpawnError(f"cannot start {argv[0]!r}: {exc}") from None
+    except subprocess.SubprocessError as exc:  # the preexec hook failed
+        raise SpawnError(f"cannot start {argv[0]!r}: {exc}") from None
+    # Disown: Popen.__del__ and subprocess._cleanup must never waitpid on our pid.
+    popen.returncode = _DISOWNED
+    return popen.pid
 
 
 def _pdeathsig_setup(parent: int) -> Callable[[], None]:
@@ -690,8 +766,10 @@ async def run_to_completion(
     read_fd, write_fd = os.pipe()
     try:
         try:
-            child = reaper.spawn(argv, cwd=cwd, env=env, stdout=write_fd, stderr=write_fd, tag=tag,
-                                 pdeathsig=pdeathsig)
+            if pdeathsig:
+                child = reaper.spawn(argv, cwd=cwd, env=env, stdout=write_fd, stderr=write_fd, tag=tag)
+            else:
+                child = await reaper.spawn_async(argv, cwd=cwd, env=env, stdout=write_fd, stderr=write_fd, tag=tag)
         finally:
             os.close(write_fd)
         os.set_blocking(read_fd, False)

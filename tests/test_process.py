@@ -162,6 +162,73 @@ async def test_fast_exiting_child_is_not_lost() -> None:
         assert reaper.orphans_reaped == orphans_before
 
 
+async def test_spawn_async_keeps_exit_codes_of_children_that_exit_before_registration() -> None:
+    """spawn_async forks in a worker thread; the reaper may collect a child's status before the spawn
+    returns. Those statuses are held while spawns are in flight, never counted as orphans."""
+    async with reaper_with_cleanup() as (reaper, children):
+        async def one(n: int, out: dict[int, Child]) -> None:
+            out[n] = await reaper.spawn_async(["/bin/sh", "-c", f"exit {n}"], cwd=STANDINS, env=dict(os.environ),
+                                             stdout=None, stderr=None, tag="fast")
+        kids: dict[int, Child] = {}
+        async with anyio.create_task_group() as tg:   # many spawns in flight at once, children exiting meanwhile
+            for n in range(1, 41):
+                tg.start_soon(one, n, kids)
+        with anyio.fail_after(10):
+            codes = {n: await k.wait() for n, k in kids.items()}
+        assert codes == {n: n for n in range(1, 41)}
+        assert reaper.orphans_reaped == 0 and reaper._held == {} and reaper._in_flight == 0
+        assert reaper.running() == []
+
+
+async def test_spawn_async_errors_and_orphans_during_spawns() -> None:
+    async with reaper_with_cleanup() as (reaper, children):
+        with pytest.raises(SpawnError, match="command not found"):
+            await reaper.spawn_async(["qasup-no-such-command"], cwd=STANDINS, env=dict(os.environ), stdout=None,
+                                     stderr=None, tag="t")
+        assert reaper._in_flight == 0 and reaper.running() == []
+        # orphans reaped while spawns are in flight are held, then counted as orphans once none is in flight
+        storm = spawn(reaper, children, standin("storm", 200, 0), tag="storm")
+        for _ in range(10):
+            children.append(await reaper.spawn_async(["/bin/true"], cwd=STANDINS, env=dict(os.environ),
+                                                     stdout=None, stderr=None, tag="t"))
+        with anyio.fail_after(15):
+            assert await storm.wait() == 0
+            assert [await c.wait() for c in children[1:]] == [0] * 10
+        await wait_until(lambda: reaper.orphans_reaped >= 200, 10, "200 orphans reaped")
+        assert reaper._held == {}
+
+
+async def test_spawn_async_does_not_stall_the_event_loop() -> None:
+    """While the child gets to exec (slow when the CPUs are busy), other tasks keep running."""
+    busy = [subprocess.Popen([PY, "-c", "import time\nt = time.time()\nwhile time.time() - t < 4: pass"])
+            for _ in range(3)]
+    try:
+        async with reaper_with_cleanup() as (reaper, children):
+            ticks = 0
+            done = anyio.Event()
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while not done.is_set():
+                    ticks += 1
+                    await anyio.sleep(0)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ticker)
+                for _ in range(10):
+                    before = ticks
+                    children.append(await reaper.spawn_async(["/bin/true"], cwd=STANDINS, env=dict(os.environ),
+                                                             stdout=None, stderr=None, tag="t"))
+                    assert ticks > before   # the loop ran other tasks during the spawn
+                done.set()
+            with anyio.fail_after(10):
+                assert [await c.wait() for c in children] == [0] * 10
+    finally:
+        for b in busy:
+            b.kill()
+            b.wait()
+
+
 async def test_spawn_runs_in_own_session_with_cwd_env_and_tag(tmp_path: Path) -> None:
     async with reaper_with_cleanup() as (reaper, children):
         env = {"PATH": os.environ["PATH"], "GREETING": "hello world", TAG_VARIABLE: "outer:1"}
