@@ -664,22 +664,27 @@ class Echo:
     One writer thread (started on first use, asleep while the queue is empty) writes whole
     prefixed lines queued by `EchoStream`s, so lines of two services never interleave.  When the
     queue is full (stdout is slow or nobody reads it) new lines are dropped and counted per service;
-    the writer then prints `[qasup] echo dropped N lines of NAME` once it catches up.  `dropped`
-    holds the totals.  If stdout breaks (EPIPE), echo stops for good.
+    the writer then prints `[qasup] echo dropped N lines of NAME` once it catches up (or after a
+    second of overload).  `dropped` holds the totals.  If stdout breaks (EPIPE), echo stops for good.
+
+    The event loop's side (`offer`) takes no lock the writer could hold: the queue is a deque (append
+    and popleft are atomic), each counter has one writer, and the writer sleeps on an eventfd.  A lock
+    shared with the writer thread would stall the loop whenever the OS preempted the writer while it
+    held that lock, which on a busy machine is milliseconds of lost readiness latency.
     """
 
     def __init__(self, fd: int = 1, queue_chunks: int = 1024, queue_bytes: int = 8 << 20) -> None:
         self._fd = fd
         self._max_chunks = max(1, queue_chunks)
         self._max_bytes = max(1, queue_bytes)
-        self._cond = threading.Condition(threading.Lock())
         self._items: deque[bytes] = deque()
-        self._bytes = 0
-        self._pending: dict[str, int] = {}   # drops not yet announced
-        self._pending_since = 0.0
-        self.dropped: dict[str, int] = {}    # all drops, per service
+        self._offered_bytes = 0                # written by offer() only
+        self._written_bytes = 0                # written by the writer thread only
+        self.dropped: dict[str, int] = {}      # all drops, per service (offer() only)
+        self._dropped_lines = 0                # their sum (offer() only)
         self._closing = False
-        self._broken = False
+        self._broken = False                   # set by the writer thread only
+        self._wake = -1
         self._thread: threading.Thread | None = None
 
     def line_writer(self, name: str, max_line: int = MAX_LINE) -> EchoStream:
@@ -687,43 +692,57 @@ class Echo:
 
     def offer(self, name: str, data: bytes, lines: int) -> bool:
         """Queue whole prefixed lines; False (and counted) when they had to be dropped."""
-        with self._cond:
-            if self._closing or self._broken or (
-                    self._items and (len(self._items) >= self._max_chunks
-                                     or self._bytes + len(data) > self._max_bytes)):
-                self.dropped[name] = self.dropped.get(name, 0) + lines
-                if not self._broken and not self._closing:
-                    if not self._pending:
-                        self._pending_since = time.monotonic()
-                    self._pending[name] = self._pending.get(name, 0) + lines
-                return False
-            self._items.append(data)
-            self._bytes += len(data)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="qasup-echo", daemon=True)
-                self._thread.start()
-            self._cond.notify()
-            return True
+        items = self._items
+        if self._closing or self._broken or (
+                items and (len(items) >= self._max_chunks
+                           or self._offered_bytes - self._written_bytes + len(data) > self._max_bytes)):
+            self.dropped[name] = self.dropped.get(name, 0) + lines
+            self._dropped_lines += lines
+            return False
+        items.append(data)
+        self._offered_bytes += len(data)
+        if self._thread is None:
+            self._wake = os.eventfd(0, os.EFD_CLOEXEC)
+            self._thread = threading.Thread(target=self._run, name="qasup-echo", daemon=True)
+            self._thread.start()
+        elif len(items) == 1:   # the queue was empty: the writer may be asleep
+            os.eventfd_write(self._wake, 1)
+        return True
 
     def _run(self) -> None:
+        items = self._items
+        announced: dict[str, int] = {}
+        announced_lines = 0
+        overload_since = 0.0
         while True:
-            notices: dict[str, int] = {}
-            with self._cond:
-                while not self._items and not self._pending and not self._closing:
-                    self._cond.wait()
-                data = self._items.popleft() if self._items else None
-                if data is not None:
-                    self._bytes -= len(data)
-                # announce drops after the lines queued before them, or after a second of overload
-                if self._pending and (not self._items or time.monotonic() - self._pending_since > 1.0):
-                    notices, self._pending = self._pending, {}
-                if data is None and not notices and self._closing:
+            batch = []
+            size = 0
+            while items and size < READ_SIZE:
+                data = items.popleft()
+                batch.append(data)
+                size += len(data)
+            if batch:
+                if not self._write(b"".join(batch) if len(batch) > 1 else batch[0]):
                     return
-            if data is not None and not self._write(data):
+                self._written_bytes += size
+            # announce drops after the lines queued before them, or after a second of overload
+            if self._dropped_lines != announced_lines:
+                now = time.monotonic()
+                if not overload_since:
+                    overload_since = now
+                if not items or now - overload_since > 1.0:
+                    totals = self.dropped.copy()   # one C call: atomic under the GIL
+                    notices = b"".join(
+                        f"[qasup] echo dropped {count - announced.get(name, 0)} lines of {name}\n".encode()
+                        for name, count in totals.items() if count > announced.get(name, 0))
+                    announced, announced_lines, overload_since = totals, sum(totals.values()), 0.0
+                    if notices and not self._write(notices):
+                        return
+            if items:
+                continue
+            if self._closing:
                 return
-            for name, count in notices.items():
-                if not self._write(f"[qasup] echo dropped {count} lines of {name}\n".encode()):
-                    return
+            os.eventfd_read(self._wake)   # until offer() or close() wakes it
 
     def _write(self, data: bytes) -> bool:
         view = memoryview(data)
@@ -731,22 +750,21 @@ class Echo:
             while view:
                 view = view[os.write(self._fd, view):]
         except OSError:
-            with self._cond:
-                self._broken = True
-                self._items.clear()
-                self._bytes = 0
-                self._pending.clear()
+            self._broken = True
+            self._items.clear()
             return False
         return True
 
     def close(self, timeout: float = 2.0) -> None:
         """Write what is queued (waiting at most `timeout` s for a stalled stdout) and stop."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-            thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
+        self._closing = True
+        thread = self._thread
+        if thread is None:
+            return
+        os.eventfd_write(self._wake, 1)
+        thread.join(timeout)
+        if not thread.is_alive():
+            os.close(self._wake)
 
 
 class EchoStream:
