@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -114,14 +116,53 @@ def test_byproducts_are_ignored(tree: Path) -> None:
     assert hash_paths([tree], ignore=()) != before
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_unreadable_file_differs_but_is_not_an_error(tree: Path) -> None:
-    target = tree / "pyproject.toml"
-    before = hash_paths([tree])
-    target.chmod(0)
+def _hash_as_unprivileged(paths: list[Path]) -> str:
+    """hash_paths in a forked child that has dropped to ``nobody`` (root reads files whatever their mode).
+
+    Forked, not exec'd: the interpreter may live where ``nobody`` cannot run it (e.g. under /root)."""
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop privileges, hash, report, exit without running pytest's clean-up
+        code = 1
+        try:
+            os.close(read_fd)
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            os.write(write_fd, hash_paths(paths).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as f:
+        out = f.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and len(out) == 64, out
+    return out
+
+
+def test_unreadable_file_differs_but_is_not_an_error() -> None:
+    # a tree the unprivileged child can walk (pytest's tmp folders are private to root)
+    base = Path(tempfile.mkdtemp(prefix="qasup-hash-", dir="/tmp"))
     try:
-        unreadable = hash_paths([tree])
+        base.chmod(0o755)
+        root = base / "FastChat"
+        (root / "fastchat").mkdir(parents=True)
+        (root / "pyproject.toml").write_text("[project]\nname = 'fschat'\n")
+        (root / "fastchat" / "conversation.py").write_text("TEMPLATES = {}\n")
+        target = root / "pyproject.toml"
+        hash_ = _hash_as_unprivileged if os.geteuid() == 0 else (lambda paths: hash_paths(paths))
+        before = hash_([root])
+        assert before == hash_paths([root])
+        target.chmod(0)
+        try:
+            unreadable = hash_([root])
+        finally:
+            target.chmod(0o644)
+        assert unreadable != before
+        assert hash_([root]) == before
     finally:
-        target.chmod(0o644)
-    assert unreadable != before
-    assert hash_paths([tree]) == before
+        shutil.rmtree(base, ignore_errors=True)
