@@ -371,10 +371,7 @@ class Service:
         Followers start before the process so that nothing it writes is missed, and from the end so that a
         marker left in the file by an earlier run never counts for this one."""
         if not unit.tail:   # nothing to follow: no task group to hold (it costs memory per service)
-            failure = await self._spawn(inst, unit)
-            if failure is not None:
-                return None, failure
-            return await self._supervise(inst, unit), None
+            return await self._spawn_and_supervise(inst, unit)
         async with anyio.create_task_group() as tg:
             attached = []
             for path in unit.tail:
@@ -386,13 +383,15 @@ class Service:
             with anyio.move_on_after(2.0):
                 for ev in attached:
                     await ev.wait()
-            failure = await self._spawn(inst, unit)
-            if failure is not None:
-                tg.cancel_scope.cancel()
-                return None, failure
-            code = await self._supervise(inst, unit)
+            result = await self._spawn_and_supervise(inst, unit)
             tg.cancel_scope.cancel()
-        return code, None
+        return result
+
+    async def _spawn_and_supervise(self, inst: Instance, unit: ResolvedUnit) -> tuple[int | None, str | None]:
+        failure = await self._spawn(inst, unit)
+        if failure is not None:
+            return None, failure
+        return await self._supervise(inst, unit), None
 
     async def _supervise(self, inst: Instance, unit: ResolvedUnit) -> int:
         """Capture output, follow tails, probe readiness, and wait for the exit (pipe drained)."""
