@@ -116,7 +116,7 @@ def profile(root: Path) -> None:
     old = os.getcwd()
     os.chdir(root)
     try:
-        from supervisor.cli import main
+        from supervisor.cli.main import main
 
         pr = cProfile.Profile()
         out = io.StringIO()

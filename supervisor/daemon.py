@@ -1,7 +1,7 @@
 """``qasup up``: the composition root. Wires the reaper, the engine, the control API, signals and echo.
 
 This is the only module that knows both the engine and the API: the engine never imports the API, the API
-knows only the :class:`~supervisor.api.Controller` protocol, and the CLI reaches all this only through the
+knows only the :class:`~supervisor.control.server.Controller` protocol, and the CLI reaches all this only through the
 socket.
 """
 
@@ -17,10 +17,11 @@ from typing import Any, Callable
 
 import anyio
 
-from supervisor import logs, process
-from supervisor.api import MIN_TOKEN_LENGTH, ControlError, DaemonAlreadyRunning, ListenError, serve
-from supervisor.engine import DAEMON_VARIABLE, Engine, EngineError, ReloadRejected
-from supervisor.plan import Plan
+from supervisor.logs import core as logs
+from supervisor.proc import process
+from supervisor.control.server import MIN_TOKEN_LENGTH, ControlError, DaemonAlreadyRunning, ListenError, serve
+from supervisor.engine.core import DAEMON_VARIABLE, Engine, EngineError, ReloadRejected
+from supervisor.plan.build import Plan
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
                    signal.SIGQUIT)
@@ -101,7 +102,7 @@ async def _main(plan: Plan, args: argparse.Namespace) -> int:
             return 2
 
     def planner() -> Plan:
-        from supervisor.commands import UsageError, load_plan
+        from supervisor.cli.config_verbs import UsageError, load_plan
         from supervisor.errors import ConfigError
 
         try:

@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 
-from supervisor.api import ControlError
+from supervisor.control.server import ControlError
 
 
 class FakeController:

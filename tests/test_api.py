@@ -1,7 +1,7 @@
-"""The control API server (supervisor.api) driven over real Unix and TCP sockets.
+"""The control API server (supervisor.control.server) driven over real Unix and TCP sockets.
 
 The server runs ``serve()`` in an anyio event loop on a background thread (a blocking portal) with
-a small in-memory controller; the tests talk to it with plain sockets and with supervisor.client.
+a small in-memory controller; the tests talk to it with plain sockets and with supervisor.control.client.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import anyio.from_thread
 import pytest
 
 from fakecontrol import FakeController
-from supervisor import client
-from supervisor.api import (
+from supervisor.control import client
+from supervisor.control.server import (
     DaemonAlreadyRunning,
     Limits,
     ListenError,

@@ -1,4 +1,4 @@
-"""Content hashes for ``[prepare] when_changed`` (supervisor.contenthash)."""
+"""Content hashes for ``[prepare] when_changed`` (supervisor.proc.contenthash)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.contenthash import hash_paths
+from supervisor.proc.contenthash import hash_paths
 
 
 @pytest.fixture
@@ -97,7 +97,7 @@ def test_symlinks_are_not_followed(tree: Path) -> None:
 def test_fifo_is_not_opened(tree: Path) -> None:
     # Hash in a child with a deadline: opening a FIFO for reading would block forever.
     os.mkfifo(tree / "pipe")
-    code = "import sys; from supervisor.contenthash import hash_paths; print(hash_paths([sys.argv[1]]))"
+    code = "import sys; from supervisor.proc.contenthash import hash_paths; print(hash_paths([sys.argv[1]]))"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     result = subprocess.run([sys.executable, "-c", code, str(tree)], capture_output=True, text=True, timeout=30, env=env)
     assert result.returncode == 0, result.stderr

@@ -1,7 +1,7 @@
-"""The control verbs (supervisor.ctl) run in-process against a real API server on a Unix socket.
+"""The control verbs (supervisor.cli.control_verbs) run in-process against a real API server on a Unix socket.
 
 A tiny argparse parser built with ``ctl.register()`` parses the command line the way cli.py does;
-the server is ``supervisor.api.serve()`` with an in-memory controller on a background event loop.
+the server is ``supervisor.control.server.serve()`` with an in-memory controller on a background event loop.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import anyio.from_thread
 import pytest
 
 from fakecontrol import FakeController
-from supervisor import ctl
-from supervisor.api import serve
+from supervisor.cli import control_verbs as ctl
+from supervisor.control.server import serve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -365,6 +365,6 @@ def test_every_verb_has_help_and_examples():
 
 def test_ctl_imports_only_the_standard_library():
     heavy = ("anyio", "h11", "httpx", "asyncio", "http.client", "email", "ssl", "socket", "selectors", "typing")
-    code = f"import sys; import supervisor.ctl; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    code = f"import sys; import supervisor.cli.control_verbs; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert out.strip() == "[]"

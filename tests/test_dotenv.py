@@ -1,4 +1,4 @@
-"""Dotenv files (supervisor.dotenv): parsing, update-or-append, quoting, crash safety."""
+"""Dotenv files (supervisor.config.dotenv): parsing, update-or-append, quoting, crash safety."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor import dotenv
-from supervisor.dotenv import DotenvError, format_value, load, parse, update
+from supervisor.config import dotenv
+from supervisor.config.dotenv import DotenvError, format_value, load, parse, update
 
 SAMPLE = """\
 # QAnything settings
@@ -180,7 +180,7 @@ def test_update_round_trips_through_files(tmp_path_factory: pytest.TempPathFacto
 
 WRITER = """
 import sys
-from supervisor import dotenv
+from supervisor.config import dotenv
 path, tag, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
 big = tag * (size // len(tag))
 print("start", flush=True)

@@ -108,7 +108,7 @@ def test_sigkilled_qasup_does_not_leave_the_stack_running(stack, up, tmp_path):
 @pytest.mark.parametrize("shell", ["/bin/sh", None], ids=["sh-waits", "python-waits"])
 def test_guardian_kills_what_carries_the_daemon_id_when_its_pipe_closes(shell):
     from supervisor.daemon import guardian_argv
-    from supervisor.engine import DAEMON_VARIABLE
+    from supervisor.engine.core import DAEMON_VARIABLE
 
     daemon_id = uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if k != DAEMON_VARIABLE}

@@ -1,4 +1,4 @@
-"""GPU inventory (supervisor.gpu): declared inventories, NVML, and "no GPUs" without a traceback."""
+"""GPU inventory (supervisor.plan.gpu): declared inventories, NVML, and "no GPUs" without a traceback."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.gpu import GpuInfo, GpuSpecError, load_inventory, parse_gpus_spec, read_nvml
+from supervisor.plan.gpu import GpuInfo, GpuSpecError, load_inventory, parse_gpus_spec, read_nvml
 
 RTX = {"index": 0, "name": "NVIDIA GeForce RTX 3090", "memory_total_mib": 24576, "memory_free_mib": 24000,
        "compute_capability": "8.6"}
@@ -111,7 +111,7 @@ def test_without_nvml_package(tmp_path: Path) -> None:
         """
         import sys
         sys.modules["pynvml"] = None  # the import fails as if nvidia-ml-py were not installed
-        from supervisor.gpu import load_inventory
+        from supervisor.plan.gpu import load_inventory
         inv = load_inventory(None, {})
         print(len(inv.gpus), inv.source)
         print(inv.reason)
@@ -142,7 +142,7 @@ def test_nvml_library_that_fails_to_load(tmp_path: Path, failure: str, expected:
         "def nvmlShutdown():\n    raise AssertionError('shutdown without init')\n"
     )
     result = run_python(
-        "from supervisor.gpu import read_nvml\ngpus, reason = read_nvml()\nprint(len(gpus)); print(reason)\n",
+        "from supervisor.plan.gpu import read_nvml\ngpus, reason = read_nvml()\nprint(len(gpus)); print(reason)\n",
         tmp_path,
         extra_path=fake,
     )
@@ -175,7 +175,7 @@ def test_one_unreadable_gpu_does_not_hide_the_others(tmp_path: Path) -> None:
         """
     ))
     result = run_python(
-        "from supervisor.gpu import read_nvml\ngpus, reason = read_nvml()\nprint(gpus); print(reason)\n",
+        "from supervisor.plan.gpu import read_nvml\ngpus, reason = read_nvml()\nprint(gpus); print(reason)\n",
         tmp_path,
         extra_path=fake,
     )
@@ -187,7 +187,7 @@ def test_one_unreadable_gpu_does_not_hide_the_others(tmp_path: Path) -> None:
 
 def test_this_machine_never_raises(tmp_path: Path) -> None:
     result = run_python(
-        "from supervisor.gpu import read_nvml\ngpus, reason = read_nvml()\nprint(len(gpus)); print(reason)\n",
+        "from supervisor.plan.gpu import read_nvml\ngpus, reason = read_nvml()\nprint(len(gpus)); print(reason)\n",
         tmp_path,
     )
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
@@ -230,7 +230,7 @@ def test_nvml_is_read_only_when_the_stack_uses_a_gpu(tmp_path: Path) -> None:
     stack = tmp_path / "stack"
     (stack / "services.d").mkdir(parents=True)
     (stack / "services.d" / "web.toml").write_text('command = ["sleep", "1"]\n')
-    plan = "import sys\nfrom supervisor.cli import main\nsys.exit(main(['--config', 'qasup.toml', 'plan', '--json']))\n"
+    plan = "import sys\nfrom supervisor.cli.main import main\nsys.exit(main(['--config', 'qasup.toml', 'plan', '--json']))\n"
     (stack / "qasup.toml").write_text('[stack]\nname = "s"\n')
     r = run_python(plan, stack, extra_path=fake)
     assert r.returncode == 0, r.stderr

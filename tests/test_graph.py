@@ -12,9 +12,9 @@ import pytest
 
 from conftest import make_stack
 from supervisor.errors import Problems
-from supervisor.graph import Graph
-from supervisor.plan import make_plan
-from supervisor.units import load_config
+from supervisor.plan.graph import Graph
+from supervisor.plan.build import make_plan
+from supervisor.config.loader import load_config
 
 
 def g(requires: dict[str, list[str]] | None = None, after: dict[str, list[str]] | None = None,

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from supervisor.logs import (
+from supervisor.logs.core import (
     Echo,
     LineScanner,
     LogError,
@@ -669,7 +669,7 @@ def test_follow_with_initial_lines_has_no_gap_or_overlap(tmp_path: Path) -> None
 
 
 def test_inotify_binding_reports_file_events(tmp_path: Path) -> None:
-    from supervisor import inotify as ino
+    from supervisor.logs import inotify as ino
 
     with ino.Inotify() as watcher:
         assert watcher.read_events() == []
@@ -687,7 +687,7 @@ def test_inotify_binding_reports_file_events(tmp_path: Path) -> None:
 def test_a_single_literal_marker_needs_no_hyperscan_and_keeps_its_anchor():
     """One literal marker (`^READY `, `Starting worker`) is scanned with `re`: as fast, and it spares every
     daemon Hyperscan's resident memory. An anchored literal still matches only at a line start."""
-    from supervisor.logs import PatternSet
+    from supervisor.logs.core import PatternSet
 
     data = b"noise READY x\nREADY now\n" + b"x" * 1000 + b"\nStarting worker [7]\n"
     anchored = PatternSet(["^READY "])

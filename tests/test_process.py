@@ -1,4 +1,4 @@
-"""supervisor.process: spawning, reaping, tree-wide stop, PDEATHSIG and PID-1 duties.
+"""supervisor.proc.process: spawning, reaping, tree-wide stop, PDEATHSIG and PID-1 duties.
 
 Real processes and real signals throughout; stand-ins live in tests/standins/proc_*.py.
 """
@@ -20,7 +20,7 @@ import anyio
 import pytest
 
 from enginehelp import unshare_problem
-from supervisor.process import (
+from supervisor.proc.process import (
     TAG_VARIABLE,
     Child,
     Reaper,
@@ -328,7 +328,7 @@ async def test_members_after_the_leader_is_gone_found_by_tag() -> None:
 async def test_anything_left_fast_path_agrees_with_a_full_scan() -> None:
     """After the leader exits: an orphan that escaped by setsid is seen (it was re-parented to us), and a
     service that left nothing behind is known to be gone without a scan of /proc."""
-    from supervisor.process import anything_left
+    from supervisor.proc.process import anything_left
 
     async with reaper_with_cleanup() as (reaper, children):
         assert reaper.subreaper

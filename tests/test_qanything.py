@@ -1,4 +1,4 @@
-"""The QAnything plan rules (supervisor.qanything): validation, backend switches, the VRAM table."""
+"""The QAnything plan rules (supervisor.plan.qanything): validation, backend switches, the VRAM table."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from supervisor.gpu import GpuInfo
-from supervisor.qanything import PlanInputError, PlanInputs, PlanOutcome, decide, vram_table
+from supervisor.plan.gpu import GpuInfo
+from supervisor.plan.qanything import PlanInputError, PlanInputs, PlanOutcome, decide, vram_table
 
 RTX3090 = "NVIDIA GeForce RTX 3090"
 

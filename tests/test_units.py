@@ -13,9 +13,9 @@ import pytest
 
 from conftest import make_stack
 from supervisor.errors import ConfigError, Problems
-from supervisor.resolve import UnknownVariable, expand, resolve_unit
-from supervisor.units import load_config, merge
-from supervisor.units_values import format_duration, parse_duration, parse_signal, parse_size
+from supervisor.plan.resolve import UnknownVariable, expand, resolve_unit
+from supervisor.config.loader import load_config, merge
+from supervisor.config.values import format_duration, parse_duration, parse_signal, parse_size
 
 
 def load(tmp_path: Path, units: dict[str, str], stack_toml: str | None = None, files=None):

@@ -3,7 +3,7 @@
 Random TOML documents are generated as Python values (nested tables and arrays of scalars, with keys drawn
 mostly from the real unit and stack keys so that the checks past "unknown key" are reached) and written
 out by a small TOML writer; random bytes cover what is not TOML at all. Each example loads a stack in a
-temporary folder with :func:`supervisor.units.load_config`; when it loads, the plan is built too (it expands
+temporary folder with :func:`supervisor.config.loader.load_config`; when it loads, the plan is built too (it expands
 ``${NAME}`` and builds the graph), which may only add problems, never raise anything else.
 """
 
@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from supervisor.errors import ConfigError, Problems
-from supervisor.plan import make_plan
-from supervisor.qanything import PlanInputError
-from supervisor.units import load_config
+from supervisor.plan.build import make_plan
+from supervisor.plan.qanything import PlanInputError
+from supervisor.config.loader import load_config
 
 UNIT_KEYS = ["description", "command", "cwd", "env", "env_files", "requires", "after", "provides", "enabled",
              "gpu", "vram_mib", "requires_paths", "when", "prepare", "log", "ready", "restart", "stop", "on_log"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import anyio
 
-from supervisor.process import Reaper
+from supervisor.proc.process import Reaper
 
 HERE = Path(__file__).resolve().parent
 

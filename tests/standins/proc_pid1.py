@@ -17,7 +17,7 @@ from pathlib import Path
 
 import anyio
 
-from supervisor.process import Reaper, terminate
+from supervisor.proc.process import Reaper, terminate
 
 HERE = Path(__file__).resolve().parent
 

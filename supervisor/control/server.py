@@ -16,7 +16,7 @@ Endpoints (see ``/work/shared/spec/interface.md``, "Control API")::
     POST /v1/reload
     POST /v1/shutdown
 
-``wait-ready`` is done client side by polling ``/v1/status`` (see ``supervisor.ctl``): it needs no
+``wait-ready`` is done client side by polling ``/v1/status`` (see ``supervisor.cli.control_verbs``): it needs no
 extra endpoint, holds no connection slot while waiting, and the status JSON is cheap to build.
 """
 
@@ -41,7 +41,7 @@ import anyio
 import anyio.abc
 import h11
 
-from supervisor.ctl import mask_secrets
+from supervisor.cli.control_verbs import mask_secrets
 
 __all__ = [
     "ControlError",
@@ -680,7 +680,7 @@ class _ApiServer:
         n = int(raw_n)
         follow = _parse_bool(req.query.get("follow", "0"), "follow")
         path = Path(self._call_sync(self.controller.log_path, name))
-        from supervisor import logs  # imported here: the log module is only needed by this endpoint
+        from supervisor.logs import core as logs  # imported here: the log module is only needed by this endpoint
 
         if not follow:
             try:

@@ -4,7 +4,7 @@ Strict: unknown keys, wrong types, bad durations, sizes, regexes, signals and na
 problem of a run at once, as ``FILE: KEY: message``. Whatever the input, the only exception that leaves
 :func:`load_config` is :class:`~supervisor.errors.ConfigError`.
 Cross-unit checks that depend on the plan (unknown dependencies, cycles, ``${NAME}``) live in
-:mod:`supervisor.resolve` and :mod:`supervisor.graph`.
+:mod:`supervisor.plan.resolve` and :mod:`supervisor.plan.graph`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from supervisor import spec as S
+from supervisor.config import spec as S
 from supervisor.errors import ConfigError, Problems
-from supervisor.spec import file_of
-from supervisor.units_values import NAME_RE, parse_duration, parse_signal, parse_size
+from supervisor.config.spec import file_of
+from supervisor.config.values import NAME_RE, parse_duration, parse_signal, parse_size
 
 STACK_FILE = "qasup.toml"
 
@@ -143,7 +143,7 @@ class _Reader:
         except (re.error, OverflowError, RecursionError) as e:
             self.err(key, f"bad regular expression {v!r}: {e}")
             return default
-        from supervisor.logs import PatternError, compile_line_pattern   # log output is matched as bytes
+        from supervisor.logs.core import PatternError, compile_line_pattern   # log output is matched as bytes
 
         try:
             compile_line_pattern(v)

@@ -14,7 +14,7 @@ from typing import Awaitable, Callable, Sequence
 
 import anyio
 
-from supervisor.resolve import ReadyChecks
+from supervisor.plan.resolve import ReadyChecks
 
 FIRST_PAUSE = 0.05
 GROWTH = 1.5

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from supervisor.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, RUNSH_FLAGS
+from supervisor.cli.main import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, RUNSH_FLAGS
 from supervisor.errors import ConfigError, Problems
 
 
@@ -22,10 +22,10 @@ class UsageError(Exception):
 
 def load_plan(args: argparse.Namespace, *, check_paths: bool = True):
     """Config -> inventory -> plan. Raises ConfigError or UsageError."""
-    from supervisor import gpu
-    from supervisor.plan import make_plan, needs_gpu_inventory
-    from supervisor.qanything import PlanInputError
-    from supervisor.units import collect_config
+    from supervisor.plan import gpu
+    from supervisor.plan.build import make_plan, needs_gpu_inventory
+    from supervisor.plan.qanything import PlanInputError
+    from supervisor.config.loader import collect_config
 
     probs = Problems()
     config = collect_config(Path(args.config) if getattr(args, "config", None) else None, None, probs)
@@ -115,7 +115,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _print_plan(plan) -> None:
-    from supervisor.plan import mask
+    from supervisor.plan.build import mask
 
     out = sys.stdout.write
     o = plan.outcome

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from supervisor import dotenv
+from supervisor.config import dotenv
 from supervisor.errors import Problems
-from supervisor.spec import HttpCheck, LogRule, StackSpec, UnitSpec
+from supervisor.config.spec import HttpCheck, LogRule, StackSpec, UnitSpec
 
 _VAR = re.compile(r"\$(\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
 

@@ -1,6 +1,6 @@
 """The plan: from a validated config, the GPU inventory and the run.sh-style inputs to what will run.
 
-It applies QAnything's start-up rules (:mod:`supervisor.qanything`), each unit's ``enabled`` and ``[when]``,
+It applies QAnything's start-up rules (:mod:`supervisor.plan.qanything`), each unit's ``enabled`` and ``[when]``,
 maps ``gpu`` roles to ``CUDA_VISIBLE_DEVICES``, checks ``vram_mib`` against each GPU's *free* memory, orders
 loaders that share a GPU (largest first), checks ``requires_paths``, resolves every enabled unit and builds the
 dependency graph. Pure: it starts nothing and writes nothing (the engine writes the env file).
@@ -17,13 +17,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
-from supervisor import dotenv
+from supervisor.config import dotenv
 from supervisor.errors import Problems
-from supervisor.gpu import GpuInfo
-from supervisor.graph import Graph
-from supervisor.qanything import PlanInputs, PlanOutcome, decide
-from supervisor.resolve import ResolvedUnit, expand_banner, resolve_unit
-from supervisor.spec import Config, UnitSpec
+from supervisor.plan.gpu import GpuInfo
+from supervisor.plan.graph import Graph
+from supervisor.plan.qanything import PlanInputs, PlanOutcome, decide
+from supervisor.plan.resolve import ResolvedUnit, expand_banner, resolve_unit
+from supervisor.config.spec import Config, UnitSpec
 
 SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 NOT_SECRET = frozenset({"OFFCUT_TOKEN"})  # a token count, not a credential (interface.md shows it in clear)
@@ -137,7 +137,7 @@ def make_plan(config: Config, overrides: Mapping[str, object], gpus: Sequence[Gp
               environ: Mapping[str, str] | None = None, check_paths: bool = True) -> Plan:
     """Build the plan. Configuration problems go to ``probs`` (exit 2); infeasibility is in the result (exit 1).
 
-    Raises :class:`supervisor.qanything.PlanInputError` for invalid inputs (flags or [plan] values).
+    Raises :class:`supervisor.plan.qanything.PlanInputError` for invalid inputs (flags or [plan] values).
     """
     environ = dict(os.environ) if environ is None else environ
     stack = config.stack

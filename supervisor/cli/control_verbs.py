@@ -1,6 +1,6 @@
 """The control verbs of the qasup CLI: status, start, stop, restart, logs, wait-ready, events, reload, shutdown.
 
-They talk to a running ``qasup up`` through its control socket (``supervisor.client``).  Only the
+They talk to a running ``qasup up`` through its control socket (``supervisor.control.client``).  Only the
 standard library is imported, and little of it, so that ``qasup status`` starts fast.
 
 Exit codes (interface.md):
@@ -31,7 +31,7 @@ TYPE_CHECKING = False  # typing costs ~5 ms to import; annotations are strings h
 if TYPE_CHECKING:
     from typing import Any, Callable, Sequence
 
-from supervisor import client
+from supervisor.control import client
 
 __all__ = [
     "VERBS",

@@ -1,6 +1,6 @@
 """Typed, immutable specs: what a validated ``qasup.toml`` and ``services.d/*.toml`` say.
 
-Values are kept as written (``${NAME}`` unexpanded); :mod:`supervisor.resolve` expands them against the plan.
+Values are kept as written (``${NAME}`` unexpanded); :mod:`supervisor.plan.resolve` expands them against the plan.
 Defaults here are the documented defaults of interface.md.
 """
 
@@ -24,7 +24,7 @@ _KEY_SPLIT = re.compile(r"[.\[]")
 
 def file_of(origins: Mapping[str, Path], key: str, default: Path) -> Path:
     """The file that wrote ``key`` (a dotted path such as ``restart.delay`` or ``on_log[2].match``): the
-    nearest enclosing key recorded in ``origins`` (see :func:`supervisor.units.record_origins`), else ``default``."""
+    nearest enclosing key recorded in ``origins`` (see :func:`supervisor.config.loader.record_origins`), else ``default``."""
     while key:
         f = origins.get(key)
         if f is not None:

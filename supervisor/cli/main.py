@@ -1,7 +1,7 @@
 """The ``qasup`` command line: parses arguments and dispatches to a verb.
 
 Start-up cost matters (``qasup status`` runs as a health check): this module imports only the standard
-library at top level; each verb imports what it needs. Control verbs live in :mod:`supervisor.ctl` and reach
+library at top level; each verb imports what it needs. Control verbs live in :mod:`supervisor.cli.control_verbs` and reach
 a running daemon only through its socket.
 """
 
@@ -103,7 +103,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     _add_common(parser, top=True)
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     if only is not None:
-        from supervisor import ctl
+        from supervisor.cli import control_verbs as ctl
 
         if only in ctl.VERBS:
             ctl.register(_OnlyVerb(sub, only))
@@ -139,7 +139,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true", help="machine-readable output")
 
     try:
-        from supervisor import ctl
+        from supervisor.cli import control_verbs as ctl
     except ImportError:  # pragma: no cover - during bootstrap only
         return parser
     ctl.register(sub)
@@ -158,11 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     try:
         if args.verb in ("up", "check", "plan"):
-            from supervisor import commands
+            from supervisor.cli import config_verbs as commands
 
             return getattr(commands, f"cmd_{args.verb}")(args)
         args.socket = resolve_socket(args)
-        from supervisor import ctl
+        from supervisor.cli import control_verbs as ctl
 
         return ctl.run(args)
     except KeyboardInterrupt:

@@ -3,7 +3,7 @@
 ``decide(PlanInputs, gpus) -> PlanOutcome`` validates the run.sh-style flags, picks GPU ids, the
 GPU series, the runtime backend (automatic switches included), checks the model size against the
 VRAM table and computes OFFCUT_TOKEN and OCR_USE_GPU. Nothing here touches the machine: the GPU
-inventory comes in as data (see ``supervisor.gpu``), so every rule is testable without a GPU.
+inventory comes in as data (see ``supervisor.plan.gpu``), so every rule is testable without a GPU.
 
 Differences from the script, on purpose (its known bugs):
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from supervisor.gpu import GpuInfo
+from supervisor.plan.gpu import GpuInfo
 
 __all__ = [
     "BACKENDS",

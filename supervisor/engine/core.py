@@ -28,11 +28,14 @@ import anyio
 import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectSendStream
 
-from supervisor import contenthash, dotenv, logs, process
+from supervisor.proc import contenthash
+from supervisor.config import dotenv
+from supervisor.logs import core as logs
+from supervisor.proc import process
 from supervisor.errors import Problems
-from supervisor.plan import Plan, ServicePlan, mask
-from supervisor.readiness import LogMarker, build_probes, wait_ready, why_not_ready
-from supervisor.resolve import ResolvedUnit, resolve_unit
+from supervisor.plan.build import Plan, ServicePlan, mask
+from supervisor.readiness.probes import LogMarker, build_probes, wait_ready, why_not_ready
+from supervisor.plan.resolve import ResolvedUnit, resolve_unit
 
 # Service states (interface.md).
 DISABLED, WAITING, PREPARING, STARTING, READY = "disabled", "waiting", "preparing", "starting", "ready"
@@ -1175,7 +1178,7 @@ def _fingerprint(unit: ResolvedUnit, splan: ServicePlan) -> tuple:
 
 def _lenient_resolve(plan: Plan, name: str) -> ResolvedUnit:
     """A disabled unit still shows in status and has a log path; unknown variables are left as written."""
-    from supervisor.resolve import ReadyChecks
+    from supervisor.plan.resolve import ReadyChecks
 
     unit = plan.config.units[name]
     probs = Problems()
