@@ -7,21 +7,22 @@ socket.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import anyio
 
 from supervisor.logs import core as logs
 from supervisor.proc import process
 from supervisor.control.server import MIN_TOKEN_LENGTH, ControlError, DaemonAlreadyRunning, ListenError, serve
-from supervisor.engine.core import DAEMON_VARIABLE, Engine, EngineError, ReloadRejected
+from supervisor.engine.core import DAEMON_VARIABLE, Engine, EngineError
 from supervisor.plan.build import Plan
+from supervisor.protocol import DEFAULT_SOCKET_NAME, SOCKET_ENV, TOKEN_ENV, parse_hostport
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
                    signal.SIGQUIT)
@@ -67,63 +68,72 @@ class EngineController:
         self.engine.shutdown("shutdown requested through the control socket")
 
 
-def socket_path(plan: Plan, args: argparse.Namespace) -> Path:
-    if getattr(args, "socket", None):
-        return Path(args.socket)
-    if os.environ.get("QASUP_SOCKET"):
-        return Path(os.environ["QASUP_SOCKET"])
+class OptionsError(ValueError):
+    """A daemon option that cannot be used (exit 2, usage)."""
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    """How ``qasup up`` runs, beyond the plan: where the control API listens, whether service output is
+    echoed, and how to re-plan on reload."""
+
+    socket: Path | None = None                  # None: $QASUP_SOCKET, else <state_dir>/qasup.sock
+    listen: tuple[str, int] | None = None       # also serve the API on TCP (bearer token required)
+    token: str | None = None                    # the TCP listener's token
+    echo: bool = True                           # copy service output to stdout (if the stack allows)
+    planner: Callable[[], Plan] | None = None   # builds a new plan for reload; raises ReloadRejected
+
+    @classmethod
+    def from_values(cls, *, socket: str | os.PathLike[str] | None = None, listen: str | None = None,
+                    no_echo: bool = False, planner: Callable[[], Plan] | None = None,
+                    environ: Mapping[str, str] | None = None) -> DaemonOptions:
+        """Options from command-line values; ``OptionsError`` says what is wrong."""
+        env = os.environ if environ is None else environ
+        sock = Path(socket) if socket else (Path(env[SOCKET_ENV]) if env.get(SOCKET_ENV) else None)
+        address = None
+        token = env.get(TOKEN_ENV) or None
+        if listen:
+            try:
+                address = parse_hostport(listen)
+            except ValueError:
+                raise OptionsError(f"--listen {listen!r} is not HOST:PORT") from None
+            if token is None or len(token) < MIN_TOKEN_LENGTH:
+                raise OptionsError(f"--listen needs {TOKEN_ENV} set to a secret of at least {MIN_TOKEN_LENGTH} "
+                                   "characters (clients send it as 'Authorization: Bearer TOKEN')")
+        return cls(socket=sock, listen=address, token=token, echo=not no_echo, planner=planner)
+
+
+def socket_path(plan: Plan, options: DaemonOptions) -> Path:
+    if options.socket is not None:
+        return options.socket
     stack = plan.config.stack
-    return stack.path(stack.state_dir) / "qasup.sock"
+    return stack.path(stack.state_dir) / DEFAULT_SOCKET_NAME
 
 
-def run_daemon(plan: Plan, args: argparse.Namespace) -> int:
-    return anyio.run(_main, plan, args, backend="asyncio")
+def run_daemon(plan: Plan, options: DaemonOptions) -> int:
+    return anyio.run(_main, plan, options, backend="asyncio")
 
 
-async def _main(plan: Plan, args: argparse.Namespace) -> int:
+async def _main(plan: Plan, options: DaemonOptions) -> int:
     echo = logs.Echo(fd=sys.stdout.fileno())
-    services_echo = plan.config.stack.echo and not getattr(args, "no_echo", False)
+    services_echo = plan.config.stack.echo and options.echo
 
     def say(text: str) -> None:
         lines = text.count("\n") + 1
         echo.offer("qasup", f"[qasup] {text}\n".encode("utf-8", "replace"), lines)
 
-    listen = None
-    if getattr(args, "listen", None):
-        host, _, port = args.listen.rpartition(":")
-        if not host or not port.isdigit():
-            print(f"qasup: --listen {args.listen!r} is not HOST:PORT", file=sys.stderr)
-            return 2
-        listen = (host.strip("[]"), int(port))
-        token = os.environ.get("QASUP_TOKEN", "")
-        if len(token) < MIN_TOKEN_LENGTH:
-            print(f"qasup: --listen needs QASUP_TOKEN set to a secret of at least {MIN_TOKEN_LENGTH} characters "
-                  "(clients send it as 'Authorization: Bearer TOKEN')", file=sys.stderr)
-            return 2
-
-    def planner() -> Plan:
-        from supervisor.cli.config_verbs import UsageError, load_plan
-        from supervisor.errors import ConfigError
-
-        try:
-            return load_plan(args)
-        except ConfigError as e:
-            raise ReloadRejected("\n".join(str(p) for p in e.problems)) from None
-        except UsageError as e:
-            raise ReloadRejected(str(e)) from None
-
     code = 0
     daemon_id = os.urandom(8).hex()
     try:
         async with process.Reaper.open() as reaper, _guardian(reaper, daemon_id, say):
-            engine = Engine(plan, reaper, echo=echo if services_echo else None, say=say, planner=planner,
+            engine = Engine(plan, reaper, echo=echo if services_echo else None, say=say, planner=options.planner,
                             daemon_id=daemon_id)
             async with anyio.create_task_group() as tg:
                 with anyio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
                     tg.start_soon(_signals, signals, engine, say)
                     _quiet_wakeup_fd()
                     try:
-                        await tg.start(_serve_api, engine, socket_path(plan, args), listen, say)
+                        await tg.start(_serve_api, engine, socket_path(plan, options), options, say)
                     except (DaemonAlreadyRunning, ListenError, OSError) as e:
                         # another daemon on this stack: usage (2); a socket that cannot be made: 1
                         print(f"qasup: control socket: {e}", file=sys.stderr, flush=True)
@@ -213,8 +223,9 @@ def _quiet_wakeup_fd() -> None:
         signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
 
 
-async def _serve_api(engine: Engine, path: Path, listen, say, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
-    await serve(EngineController(engine), path, listen=listen, token=os.environ.get("QASUP_TOKEN"),
+async def _serve_api(engine: Engine, path: Path, options: DaemonOptions, say, *,
+                     task_status=anyio.TASK_STATUS_IGNORED) -> None:
+    await serve(EngineController(engine), path, listen=options.listen, token=options.token,
                 log=lambda m: say(m if m.startswith("api") else f"api: {m}"), task_status=task_status)
 
 

@@ -8,8 +8,11 @@ import os
 import sys
 from pathlib import Path
 
-from supervisor.cli.main import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, RUNSH_FLAGS
+from supervisor.cli.flags import RUNSH_FLAGS
 from supervisor.errors import ConfigError, Problems
+from supervisor.protocol import Exit
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = Exit.OK, Exit.FAILED, Exit.CONFIG
 
 
 def overrides(args: argparse.Namespace) -> dict[str, object]:
@@ -167,6 +170,21 @@ def cmd_up(args: argparse.Namespace) -> int:
     if not plan.feasible:
         print(f"[qasup] the plan is infeasible: {plan.error}", file=sys.stderr, flush=True)
         return EXIT_FAILED
-    from supervisor.daemon import run_daemon
+    from supervisor.daemon import DaemonOptions, OptionsError, run_daemon
+    from supervisor.engine.errors import ReloadRejected
 
-    return run_daemon(plan, args)
+    def planner():
+        try:
+            return load_plan(args)
+        except ConfigError as e:
+            raise ReloadRejected("\n".join(str(p) for p in e.problems)) from None
+        except UsageError as e:
+            raise ReloadRejected(str(e)) from None
+
+    try:
+        options = DaemonOptions.from_values(socket=getattr(args, "socket", None), listen=getattr(args, "listen", None),
+                                            no_echo=getattr(args, "no_echo", False), planner=planner)
+    except OptionsError as e:
+        print(f"qasup: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    return run_daemon(plan, options)

@@ -13,19 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from supervisor.cli.flags import RUNSH_FLAGS
+
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
-RUNSH_FLAGS = (
-    # (short, long, dest, type, help)
-    ("-c", "--llm-api", "llm_api", str, "local or cloud (default: local)"),
-    ("-i", "--device-id", "device_id", str, 'GPU ids, e.g. "0" or "0,1" (default: 0)'),
-    ("-b", "--runtime-backend", "runtime_backend", str, "default, hf, vllm or sglang (default: default)"),
-    ("-m", "--model-name", "model_name", str, "model folder under /model_repos/CustomLLM (hf, vllm, sglang)"),
-    ("-s", "--model-size", "model_size", str, 'model size such as "7B" or "1.8B" (0B for cloud)'),
-    ("-t", "--conv-template", "conv_template", str, "FastChat conversation template"),
-    ("-p", "--tensor-parallel", "tensor_parallel", int, "1, 2, 4, 8 or 16 (default: number of GPU ids)"),
-    ("-r", "--gpu-memory-utilization", "gpu_memory_utilization", float, "vLLM's share of GPU memory (0.81)"),
-)
 
 EPILOG = """\
 examples:

@@ -32,6 +32,7 @@ from supervisor.proc import contenthash
 from supervisor.config import dotenv
 from supervisor.logs import core as logs
 from supervisor.proc import process
+from supervisor.engine.errors import ReloadRejected
 from supervisor.errors import Problems
 from supervisor.plan.build import Plan, ServicePlan, mask
 from supervisor.readiness.probes import LogMarker, build_probes, wait_ready, why_not_ready
@@ -1162,10 +1163,6 @@ class Engine:
             self.say(f"reload: changed {', '.join(changed) or 'none'}; added {', '.join(added) or 'none'}; "
                      f"removed {', '.join(removed) or 'none'}")
             return {"ok": True, "changed": changed, "added": added, "removed": removed}
-
-
-class ReloadRejected(Exception):
-    """The planner could not build a new plan (invalid configuration); the message says why."""
 
 
 def _fingerprint(unit: ResolvedUnit, splan: ServicePlan) -> tuple:

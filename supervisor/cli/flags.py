@@ -1,0 +1,17 @@
+"""The run.sh flags that ``up``, ``check`` and ``plan`` accept: each overrides one key of the stack file's
+``[plan]`` table. Standard library only (the argument parser imports it).
+"""
+
+from __future__ import annotations
+
+RUNSH_FLAGS = (
+    # (short, long, dest, type, help)
+    ("-c", "--llm-api", "llm_api", str, "local or cloud (default: local)"),
+    ("-i", "--device-id", "device_id", str, 'GPU ids, e.g. "0" or "0,1" (default: 0)'),
+    ("-b", "--runtime-backend", "runtime_backend", str, "default, hf, vllm or sglang (default: default)"),
+    ("-m", "--model-name", "model_name", str, "model folder under /model_repos/CustomLLM (hf, vllm, sglang)"),
+    ("-s", "--model-size", "model_size", str, 'model size such as "7B" or "1.8B" (0B for cloud)'),
+    ("-t", "--conv-template", "conv_template", str, "FastChat conversation template"),
+    ("-p", "--tensor-parallel", "tensor_parallel", int, "1, 2, 4, 8 or 16 (default: number of GPU ids)"),
+    ("-r", "--gpu-memory-utilization", "gpu_memory_utilization", float, "vLLM's share of GPU memory (0.81)"),
+)
