@@ -1,7 +1,7 @@
 """Throughput sanity check of the log pipeline.
 
 A 94 MB burst (1 M lines of 94 bytes) is produced by `cat` of a file into a pipe from
-`supervisor.logs.core.make_pipe`, and captured with `capture()` into a `RotatingFile` (50 MiB x 5, as in
+`supervisor.logs.capture.make_pipe`, and captured with `capture()` into a `RotatingFile` (50 MiB x 5, as in
 the spec's example, so rotation happens during the burst) while a `LineScanner` scans it for 10
 patterns.  Prints the seconds from spawning `cat` until the last byte is in the log, next to
 `cat FILE | cat > OUT` (the limit for any capturer).  supervisord takes 0.07-0.28 s on the
@@ -22,7 +22,10 @@ from pathlib import Path
 
 import anyio
 
-from supervisor.logs.core import Echo, LineScanner, PatternSet, RotatingFile, capture, make_pipe
+from supervisor.logs.capture import capture, make_pipe
+from supervisor.logs.echo import Echo
+from supervisor.logs.rotate import RotatingFile
+from supervisor.logs.scan import LineScanner, PatternSet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchkit.daemons import RULE_PATTERNS  # noqa: E402

@@ -95,7 +95,7 @@ def machine(python: str, sd_version: str) -> dict[str, str]:
     dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True).stdout.strip()
     return {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": str(os.cpu_count()), "cpu": cpu, "memory": mem,
         "kernel": f"{platform.system()} {platform.release()}", "python": pyver,
         "qasup": f"{qv} (git {rev}{' + uncommitted changes' if dirty else ''})", "supervisord": sd_version,

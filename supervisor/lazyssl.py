@@ -52,7 +52,7 @@ class _Placeholder:
             raise AttributeError(attr)
         return getattr(self._real_class(), attr)
 
-    def __mro_entries__(self, bases: tuple) -> tuple:
+    def __mro_entries__(self, bases: tuple[type, ...]) -> tuple[type, ...]:
         return (self._real_class(),)
 
     def __instancecheck__(self, obj: Any) -> bool:

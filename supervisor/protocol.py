@@ -122,6 +122,7 @@ def mask_secrets(value: Any) -> Any:
 # --------------------------------------------------------------------------- value grammars
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_LOOSE_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")   # command lines also take "1.s", ".5s"
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 DURATION_EXAMPLES = "\"500ms\", \"10s\", \"5m\" or \"1h\""
 
@@ -129,7 +130,8 @@ DURATION_EXAMPLES = "\"500ms\", \"10s\", \"5m\" or \"1h\""
 def parse_duration(text: object, *, bare_seconds: bool = False) -> float:
     """``"500ms"``, ``"10s"``, ``"5m"``, ``"1h"``, or combinations such as ``"1m30s"``; returns seconds.
 
-    ``bare_seconds`` also accepts a plain non-negative number of seconds (``"2.5"``: command-line flags).
+    ``bare_seconds`` (command-line flags) also accepts a plain non-negative number of seconds (``"2.5"``,
+    ``"inf"``) and numbers such as ``"1.s"`` or ``".5s"``.
     Raises ``ValueError`` with a message that shows the accepted forms."""
     if not isinstance(text, str) or not text:
         raise ValueError(f"a duration is a string such as {DURATION_EXAMPLES}")
@@ -139,12 +141,12 @@ def parse_duration(text: object, *, bare_seconds: bool = False) -> float:
         except ValueError:
             pass
         else:
-            if not value >= 0 or value == float("inf"):
+            if not value >= 0:   # negative or NaN; "inf" means for ever
                 raise ValueError(f"{text!r}: a duration cannot be negative")
             return value
     source = text.strip() if bare_seconds else text
     pos, total = 0, 0.0
-    for m in _DURATION_PART.finditer(source):
+    for m in (_LOOSE_DURATION_PART if bare_seconds else _DURATION_PART).finditer(source):
         if m.start() != pos:
             break
         total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]

@@ -12,8 +12,8 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 QASUP_TIMEOUT = 30.0
 """Seconds a :func:`qasup` call may take before the test fails (a hung CLI must not hang the suite)."""

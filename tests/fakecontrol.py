@@ -1,8 +1,10 @@
-"""An in-memory stand-in for the engine behind the control API (the ``Controller`` protocol of api.py).
+"""An in-memory stand-in for the engine behind the control API (the ``Controller`` protocol of
+supervisor.control.controller).
 
 test_api.py drives ``serve()`` over a real Unix socket with it; test_ctl.py drives the CLI's verbs against it.
 Each builds one with its own services and adjusts the attributes below; the real engine behind the same
-socket is tested end to end in test_control_e2e.py.
+socket is tested end to end in test_control_e2e.py. Like the engine it refuses with the domain errors of
+supervisor.engine.errors and builds its status with supervisor.protocol's owners of that shape.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from typing import Any
 
 import anyio
 
-from supervisor.control.server import ControlError
+from supervisor.engine.errors import Conflict, Rejected
+from supervisor.protocol import service_status, stack_status
+
+_ROW_FIELDS = frozenset(service_status(name="", state="")) - {"name"}  # a row's fields; other keys are extras
 
 
 class FakeController:
@@ -25,19 +30,27 @@ class FakeController:
         self.stack_state = "ready"
         self.stack_pid = 1
         self.stack_uptime = 3730.0
+        self.stack_name = "qasup"
         self.calls: list[tuple] = []
         self.subscribers: list[Any] = []
         self.reload_error: str | None = None
         self.reload_result: dict[str, Any] = {"changed": ["sanic"], "added": [], "removed": []}
-        self.start_errors: dict[str, str] = {}   # service -> the ControlError (409) its start raises
+        self.start_errors: dict[str, str] = {}   # service -> the Conflict (409) its start raises
         self.shutdowns = 0
         self.on_shutdown = lambda: None
 
     def status(self, names=()) -> dict:
         chosen = names or list(self.services)
-        return {"stack": {"state": self.stack_state, "pid": self.stack_pid, "uptime_s": self.stack_uptime},
-                "services": [{"name": n, "exit_code": None, "last_error": None, "gpu": None, **self.services[n]}
-                             for n in chosen]}
+        return {"stack": stack_status(state=self.stack_state, pid=self.stack_pid, uptime_s=self.stack_uptime,
+                                      name=self.stack_name),
+                "services": [self._row(n) for n in chosen]}
+
+    def _row(self, name: str) -> dict[str, Any]:
+        """The service's status row, plus any extra keys a test gave it (``env``: to see masking)."""
+        fields = self.services[name]
+        row: dict[str, Any] = dict(service_status(name=name, **{k: v for k, v in fields.items() if k in _ROW_FIELDS}))
+        row.update((k, v) for k, v in fields.items() if k not in _ROW_FIELDS)
+        return row
 
     def has_service(self, name: str) -> bool:
         return name in self.services
@@ -45,9 +58,9 @@ class FakeController:
     async def start(self, name: str) -> dict:
         self.calls.append(("start", name))
         if name in self.start_errors:
-            raise ControlError(self.start_errors[name], 409)
+            raise Conflict(self.start_errors[name])
         if self.services[name]["state"] == "disabled":
-            raise ControlError(f"{name} is disabled by the plan", 409)
+            raise Conflict(f"{name} is disabled by the plan")
         self.services[name]["state"] = "ready"
         return {"name": name, "state": "ready"}
 
@@ -84,7 +97,7 @@ class FakeController:
     async def reload(self) -> dict:
         self.calls.append(("reload",))
         if self.reload_error:
-            raise ControlError(self.reload_error, 400)
+            raise Rejected(self.reload_error)
         return self.reload_result
 
     async def shutdown(self) -> None:

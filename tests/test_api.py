@@ -14,24 +14,24 @@ import stat
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import anyio
 import anyio.from_thread
 import pytest
 
-from fakecontrol import FakeController
 from supervisor.control import client
-from supervisor.control.server import (
-    DaemonAlreadyRunning,
-    Limits,
-    ListenError,
-    ServeInfo,
-    mask_secrets,
-    serve,
-)
+from supervisor.control.controller import refusal_status
+from supervisor.control.http import Limits
+from supervisor.control.listen import DaemonAlreadyRunning, ListenError
+from supervisor.control.server import ServeInfo, serve
+from supervisor.engine.errors import Conflict, EngineError, Rejected, Unavailable, UnknownService
+from supervisor.protocol import mask_secrets
+
+from fakecontrol import FakeController
 
 TOKEN = "t0ken-for-tests-0123456789"
 
@@ -573,3 +573,34 @@ def test_internal_controller_error_is_500_not_a_crash(server):
     status, payload = client.request(server.socket_path, "GET", "/v1/status")
     assert status == 500 and "engine bug" in payload["error"]
     assert any("engine bug" in line for line in server.logs)
+
+
+# --------------------------------------------------------------------------- engine refusals
+
+
+class _OtherRefusal(EngineError):
+    """An EngineError kind the server has no entry for."""
+
+
+@pytest.mark.parametrize(("error", "status"), [
+    (UnknownService("unknown service 'x'"), 404), (Conflict("x is disabled by the plan"), 409),
+    (Unavailable("this daemon cannot reload"), 400), (Rejected("services.d/x.toml: bad"), 400),
+    (_OtherRefusal("no"), 409), (EngineError("no"), 409),
+])
+def test_engine_refusals_map_to_http_statuses(server, error, status):
+    async def refuse(name, with_dependents=False):
+        raise error
+
+    server.controller.restart = refuse
+    answer, payload = client.request(server.socket_path, "POST", "/v1/services/sanic/restart")
+    assert (answer, payload) == (status, {"error": str(error)})
+    assert refusal_status(error) == status
+
+
+def test_a_refusal_from_a_sync_controller_method_is_mapped_too(server):
+    def gone(name):
+        raise UnknownService(f"unknown service {name!r}")
+
+    server.controller.log_path = gone
+    status, payload = client.request(server.socket_path, "GET", "/v1/services/sanic/logs")
+    assert status == 404 and payload == {"error": "unknown service 'sanic'"}

@@ -1,6 +1,6 @@
 """The control verbs (supervisor.cli.control_verbs) run in-process against a real API server on a Unix socket.
 
-A tiny argparse parser built with ``ctl.register()`` parses the command line the way cli.py does;
+A tiny argparse parser built with ``control_args.register()`` parses the command line the way cli.py does;
 the server is ``supervisor.control.server.serve()`` with an in-memory controller on a background event loop.
 """
 
@@ -16,16 +16,18 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import anyio
 import anyio.from_thread
 import pytest
 
-from fakecontrol import FakeController
+from supervisor.cli import control_args, render
 from supervisor.cli import control_verbs as ctl
 from supervisor.control.server import serve
+
+from fakecontrol import FakeController
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,7 +95,7 @@ def parse(socket_path: Path, *argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="qasup")
     parser.add_argument("--socket")
     sub = parser.add_subparsers(dest="verb")
-    ctl.register(sub)
+    control_args.register(sub)
     return parser.parse_args(["--socket", str(socket_path), *argv])
 
 
@@ -164,10 +166,10 @@ def test_no_daemon_exit_4_names_the_socket(short_dir, capsys):
 
 def test_colour_only_for_terminals_and_not_with_no_color(monkeypatch):
     payload = {"stack": {"state": "ready"}, "services": [{"name": "a", "state": "failed", "last_error": "x"}]}
-    coloured = ctl.render_status(payload, colour=True)
+    coloured = render.render_status(payload, colour=True)
     assert "\x1b[1;31mfailed\x1b[0m" in coloured
     plain = re.sub(r"\x1b\[[0-9;]*m", "", coloured)
-    assert plain == ctl.render_status(payload, colour=False)
+    assert plain == render.render_status(payload, colour=False)
 
     class Tty:
         def isatty(self) -> bool:
@@ -175,14 +177,14 @@ def test_colour_only_for_terminals_and_not_with_no_color(monkeypatch):
 
     monkeypatch.delenv("NO_COLOR", raising=False)
     monkeypatch.setenv("TERM", "xterm")
-    assert ctl._use_colour(Tty())
+    assert render.use_colour(Tty())
     monkeypatch.setenv("NO_COLOR", "1")
-    assert not ctl._use_colour(Tty())
+    assert not render.use_colour(Tty())
 
 
 def test_long_last_error_truncated_to_terminal_width():
     payload = {"stack": {"state": "degraded"}, "services": [{"name": "a", "state": "failed", "last_error": "e" * 500}]}
-    for line in ctl.render_status(payload, width=80).splitlines():
+    for line in render.render_status(payload, width=80).splitlines():
         assert len(line) <= 80
 
 
@@ -343,22 +345,22 @@ def test_shutdown_and_wait(daemon, capsys):
     (None, "-"), (0.35, "350ms"), (1.94, "1.9s"), (42.7, "42s"), (303, "5m03s"), (3725, "1h02m"), (183600, "2d03h"),
 ])
 def test_format_duration(seconds, text):
-    assert ctl.format_duration(seconds) == text
+    assert render.format_duration(seconds) == text
 
 
 def test_parse_timeout():
-    assert ctl.parse_timeout("60s") == 60 and ctl.parse_timeout("0") == 0
-    assert ctl.parse_timeout("1m30s") == 90 and ctl.parse_timeout("500ms") == 0.5 and ctl.parse_timeout("2.5") == 2.5
+    assert control_args.parse_timeout("60s") == 60 and control_args.parse_timeout("0") == 0
+    assert control_args.parse_timeout("1m30s") == 90 and control_args.parse_timeout("500ms") == 0.5 and control_args.parse_timeout("2.5") == 2.5
     for bad in ("", "-1", "10x", "s", "1.2.3s"):
         with pytest.raises(argparse.ArgumentTypeError):
-            ctl.parse_timeout(bad)
+            control_args.parse_timeout(bad)
 
 
 def test_every_verb_has_help_and_examples():
     parser = argparse.ArgumentParser(prog="qasup")
     sub = parser.add_subparsers(dest="verb")
-    ctl.register(sub)
-    assert set(sub.choices) == set(ctl.VERBS)
+    control_args.register(sub)
+    assert set(sub.choices) == set(control_args.VERBS)
     for name, p in sub.choices.items():
         assert "examples:" in p.format_help() and f"qasup {name}" in p.format_help(), name
 
@@ -368,3 +370,14 @@ def test_ctl_imports_only_the_standard_library():
     code = f"import sys; import supervisor.cli.control_verbs; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert out.strip() == "[]"
+
+
+def test_parse_timeout_messages():
+    for text, message in (("", "empty timeout"), ("  ", "empty timeout"), ("-1", "'-1': a timeout cannot be negative"),
+                          ("nan", "'nan': a timeout cannot be negative"),
+                          ("10x", "'10x' is not a duration such as 60s, 500ms, 5m or 1h"),
+                          ("1m 30s", "'1m 30s' is not a duration such as 60s, 500ms, 5m or 1h")):
+        with pytest.raises(argparse.ArgumentTypeError) as info:
+            control_args.parse_timeout(text)
+        assert str(info.value) == message, text
+    assert control_args.parse_timeout(" 5 ") == 5 and control_args.parse_timeout("1h1m1s") == 3661 and control_args.parse_timeout("1e3") == 1000

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from supervisor.config import dotenv
@@ -147,7 +147,8 @@ def test_update_rejects_bad_keys(tmp_path: Path, key: str) -> None:
 @pytest.mark.parametrize(
     ("value", "written"),
     [("7B", "7B"), ("0,1", "0,1"), ("", "''"), ("a b", "'a b'"), ("a#b", "'a#b'"), ("$HOME", "'$HOME'"),
-     ("it's", '"it\'s"'), ('say "hi"', "'say \"hi\"'"), ("a\nb", '"a\\nb"')],
+     ("it's", '"it\'s"'), ('say "hi"', "'say \"hi\"'"), ("a\nb", '"a\\nb"'),
+     ("0\n", '"0\\n"')],   # a final newline is not bare ("$" matches before it): it would be lost
 )
 def test_format_value(value: str, written: str) -> None:
     assert format_value(value) == written
@@ -160,6 +161,7 @@ KEYS = st.from_regex(r"\A[A-Za-z_][A-Za-z0-9_]{0,10}\Z")
 
 @settings(max_examples=300, deadline=None)
 @given(value=VALUES)
+@example(value="0\n")
 def test_quoting_round_trips(value: str) -> None:
     assert parse(f"K={format_value(value)}\n") == {"K": value}
     assert parse(f"export K = {format_value(value)} # comment\nNEXT=1") == {"K": value, "NEXT": "1"}

@@ -32,6 +32,7 @@ def test_dependency_failing_for_good_fails_its_dependents_with_its_name(stack, u
     web = u.wait_state("web", "failed")
     assert "requires db, which failed" in web["message"]
     assert "starting" not in u.states("web")
+    u.wait_state("other", "ready")
     time.sleep(0.1)
     st = {s["name"]: s for s in u.status()[1]["services"]}
     assert st["api"]["state"] == "failed" and "db" in st["api"]["last_error"]
@@ -56,6 +57,7 @@ def test_restarting_dependency_makes_dependents_wait_and_start_once(stack, up, t
     assert len(user_starts) == 1, "the dependent started once, not once per dependency restart"
     first_ready = u.first("dep", "ready")["ts"]
     assert user_starts[0] >= first_ready and user_starts[0] > dep_starts[2]
+    u.wait_state("user", "ready")
     assert u.service_status("user")["state"] == "ready"
     assert u.stop() == 0
 
@@ -100,9 +102,11 @@ def test_rules_count_within_restart_fail_warn(stack, up, tmp_path):
     assert "oops" in u.service_status("counted")["last_error"]
     u.wait_state("restarter", "ready", nth=2)
     assert len(starts(u, "restarter")) >= 2
+    u.wait_out("restarter: error rule 'please restart' (restart)")   # stdout is not ordered with events
     assert "restarter: error rule 'please restart' (restart)" in u.out
     u.wait_out("warner: error rule '^WARNING' (warn)")
     assert "have a look" in u.out
+    u.wait_state("warner", "ready")   # the rule's message can come before the marker's ready
     assert u.states("warner") == ["starting", "starting", "ready"]
     assert u.service_status("warner")["state"] == "ready"
     assert u.proc.poll() is None
@@ -143,6 +147,7 @@ def test_crash_loop_follows_backoff_then_gives_up_and_stack_goes_on_degraded(sta
         assert want * 0.9 <= gap <= want * 1.1 + 0.25, (gaps, want)
     dep = u.wait_state("needs-loop", "failed")
     assert "loop" in dep["message"]
+    u.wait_state("fine", "ready")
     time.sleep(0.1)
     code, doc = u.status()
     assert code == 3 and doc["stack"]["state"] == "degraded"

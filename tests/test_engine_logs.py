@@ -4,7 +4,8 @@ fast-exiting process, echo on stdout."""
 from __future__ import annotations
 
 import hashlib
-from enginehelp import PY, poll, standin, stack, up  # noqa: F401  (fixtures)
+
+from enginehelp import PY, poll, stack, standin, up  # noqa: F401  (fixtures)
 
 
 def expected_lines(count: int, size: int) -> bytes:

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from enginehelp import PY, alive, poll, standin, stack, up  # noqa: F401  (fixtures)
+from enginehelp import PY, alive, poll, stack, standin, up  # noqa: F401  (fixtures)
 
 SLEEP = ["sh", "-c", "echo up; exec sleep 100"]
 
@@ -36,6 +36,8 @@ def test_exit_codes_are_reported_exactly_even_in_an_orphan_storm(stack, up):
     assert st["storm"]["exit_code"] == 0 and st["storm"]["state"] == "stopped"
     assert st["zero"]["exit_code"] == 0 and st["zero"]["last_error"] is None
     assert "code 7" in u.first("seven", "failed")["message"]
+    u.wait_out("seven: exited with code 7")   # qasup's stdout is written by a thread: not ordered with events
+    u.wait_out("killed by SIGKILL")
     out = u.out
     assert "seven: exited with code 7" in out and "killed by SIGKILL" in out
     assert u.stop() == 0
@@ -107,8 +109,7 @@ def test_sigkilled_qasup_does_not_leave_the_stack_running(stack, up, tmp_path):
 
 @pytest.mark.parametrize("shell", ["/bin/sh", None], ids=["sh-waits", "python-waits"])
 def test_guardian_kills_what_carries_the_daemon_id_when_its_pipe_closes(shell):
-    from supervisor.daemon import guardian_argv
-    from supervisor.engine.core import DAEMON_VARIABLE
+    from supervisor.proc.guardian import DAEMON_VARIABLE, guardian_argv
 
     daemon_id = uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if k != DAEMON_VARIABLE}

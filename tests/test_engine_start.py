@@ -10,7 +10,7 @@ import json
 import os
 import socket
 
-from enginehelp import PY, poll, standin, stack, up  # noqa: F401  (fixtures)
+from enginehelp import PY, poll, stack, standin, up  # noqa: F401  (fixtures)
 
 GPUS = json.dumps([{"index": i, "name": "RTX 4090", "memory_total_mib": 24564, "memory_free_mib": 24000,
                     "compute_capability": "8.9"} for i in range(2)])

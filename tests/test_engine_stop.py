@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -128,6 +127,8 @@ def test_log_and_state_folders_are_created_or_a_clear_error(stack, up, tmp_path)
     u = up().start()
     u.wait_state("b", "failed")
     u.wait_state("c", "failed")
+    u.wait_out(f"cannot create log folder {tmp_path}/afile/logs")   # stdout is not ordered with events
+    u.wait_out("cannot create log folder /proc/1/not-here")
     out = u.out
     assert f"cannot create log folder {tmp_path}/afile/logs" in out
     assert "cannot create log folder /proc/1/not-here" in out

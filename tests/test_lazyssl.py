@@ -12,10 +12,10 @@ import sys
 import textwrap
 
 import pytest
+from test_engine_start import free_port
 
 from conftest import qasup
 from enginehelp import PY, poll, stack, standin, up  # noqa: F401  (fixtures)
-from test_engine_start import free_port
 
 
 def openssl_mapped(pid: int | str = "self") -> bool:

@@ -1,4 +1,4 @@
-"""Tests of the log pipeline (supervisor/logs.py, supervisor/inotify.py) with real pipes, real
+"""Tests of the log pipeline (supervisor/logs/, supervisor/config/patterns.py) with real pipes, real
 child processes writing to them, and real files."""
 
 from __future__ import annotations
@@ -20,19 +20,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from supervisor.logs.core import (
-    Echo,
-    LineScanner,
-    LogError,
-    PatternError,
-    PatternSet,
-    RotatingFile,
-    capture,
-    compile_line_pattern,
-    follow,
-    make_pipe,
-    tail_lines,
-)
+from supervisor.config.patterns import PatternError, compile_line_pattern
+from supervisor.logs.capture import capture, make_pipe
+from supervisor.logs.echo import Echo
+from supervisor.logs.follow import follow
+from supervisor.logs.rotate import LogError, RotatingFile
+from supervisor.logs.scan import LineScanner, PatternSet
+from supervisor.logs.tail import tail_lines
 
 EMIT = Path(__file__).parent / "standins" / "logs_emit.py"
 F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
@@ -687,7 +681,7 @@ def test_inotify_binding_reports_file_events(tmp_path: Path) -> None:
 def test_a_single_literal_marker_needs_no_hyperscan_and_keeps_its_anchor():
     """One literal marker (`^READY `, `Starting worker`) is scanned with `re`: as fast, and it spares every
     daemon Hyperscan's resident memory. An anchored literal still matches only at a line start."""
-    from supervisor.logs.core import PatternSet
+    from supervisor.logs.scan import PatternSet
 
     data = b"noise READY x\nREADY now\n" + b"x" * 1000 + b"\nStarting worker [7]\n"
     anchored = PatternSet(["^READY "])
@@ -695,3 +689,37 @@ def test_a_single_literal_marker_needs_no_hyperscan_and_keeps_its_anchor():
     assert [(i, data[a:b]) for i, a, b in anchored.scan(data)] == [(0, b"READY now")]
     assert PatternSet(["Starting worker"]).engine == "re"
     assert PatternSet(["Starting worker", "CUDA out of memory"]).engine in ("hyperscan", "re")
+
+
+def test_validating_a_pattern_needs_neither_the_log_pipeline_nor_hyperscan() -> None:
+    """`qasup check` validates `[[on_log]] match` and `[ready] log` with config.patterns alone; a PatternSet of
+    one literal marker still does not load Hyperscan (about 5 MiB resident in every daemon)."""
+    code = (
+        "import sys\n"
+        "from supervisor.config.patterns import PatternError, compile_line_pattern\n"
+        "compile_line_pattern('^READY (?P<port>[0-9]+)$')\n"
+        "try:\n"
+        "    compile_line_pattern('caf\\\\u00e9')\n"
+        "except PatternError:\n"
+        "    pass\n"
+        "loaded = sorted(m for m in sys.modules if m == 'hyperscan' or m.startswith('supervisor.logs'))\n"
+        "assert not loaded, loaded\n"
+        "from supervisor.logs.scan import PatternSet\n"
+        "assert PatternSet(['^READY ']).engine == 're'\n"
+        "assert 'hyperscan' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
+
+
+def test_pattern_sources_for_chunk_wide_scanning() -> None:
+    from supervisor.config.patterns import can_match_empty, chunk_source, hyperscan_source, is_literal
+
+    assert chunk_source(rb"\Aready\Z \\A\d") == rb"^ready$ \\A\d"  # an escaped backslash stays as it is
+    assert hyperscan_source(rb"ready") == rb"ready"
+    assert hyperscan_source(rb"ready$") == rb"ready\n"
+    assert hyperscan_source(rb"a$|b") is None
+    assert hyperscan_source(rb"[$]x\$") == rb"[$]x\$"
+    assert [is_literal(s) for s in (b"^READY ", b"Starting worker", b"a.b", b"x*", b"a$")] == [
+        True, True, False, False, False]
+    assert [can_match_empty(re.compile(s)) for s in (rb"^$", rb"\b", rb"x*", rb"x+", rb"ready")] == [
+        True, True, True, False, False]

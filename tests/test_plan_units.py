@@ -9,11 +9,12 @@ import json
 
 import pytest
 
-from conftest import make_stack, qasup
-from supervisor.errors import Problems
-from supervisor.plan.gpu import GpuInfo
-from supervisor.plan.build import make_plan
 from supervisor.config.loader import load_config
+from supervisor.errors import Problems
+from supervisor.plan.build import make_plan
+from supervisor.plan.gpu import GpuInfo
+
+from conftest import make_stack, qasup
 
 RTX4090 = {"name": "NVIDIA GeForce RTX 4090", "memory_total_mib": 24564, "memory_free_mib": 24000,
            "compute_capability": "8.9"}

@@ -1,4 +1,4 @@
-"""supervisor.proc.process: spawning, reaping, tree-wide stop, PDEATHSIG and PID-1 duties.
+"""supervisor.proc: spawning, reaping, tree-wide stop, PDEATHSIG and PID-1 duties.
 
 Real processes and real signals throughout; stand-ins live in tests/standins/proc_*.py.
 """
@@ -19,19 +19,14 @@ from pathlib import Path
 import anyio
 import pytest
 
+from supervisor.proc.kernel import SpawnError, exit_code, set_subreaper
+from supervisor.proc.proctable import TAG_VARIABLE
+from supervisor.proc.reaper import Child, Reaper
+from supervisor.proc.run import RunTimeout, run_to_completion
+from supervisor.proc.stop import terminate
+from supervisor.proc.tree import members
+
 from enginehelp import unshare_problem
-from supervisor.proc.process import (
-    TAG_VARIABLE,
-    Child,
-    Reaper,
-    RunTimeout,
-    SpawnError,
-    exit_code,
-    members,
-    run_to_completion,
-    set_subreaper,
-    terminate,
-)
 
 STANDINS = Path(__file__).resolve().parent / "standins"
 PY = sys.executable
@@ -328,7 +323,7 @@ async def test_members_after_the_leader_is_gone_found_by_tag() -> None:
 async def test_anything_left_fast_path_agrees_with_a_full_scan() -> None:
     """After the leader exits: an orphan that escaped by setsid is seen (it was re-parented to us), and a
     service that left nothing behind is known to be gone without a scan of /proc."""
-    from supervisor.proc.process import anything_left
+    from supervisor.proc.tree import anything_left
 
     async with reaper_with_cleanup() as (reaper, children):
         assert reaper.subreaper

@@ -60,6 +60,7 @@ def soak(stack, up, restarts: int) -> None:
     stack.unit("steady", command=["sh", "-c", "echo steady; exec sleep 300"])
     u = up().start("--no-echo")
     pid = u.proc.pid
+    u.wait_state("steady", "ready")          # what the end asserts still holds
     poll(lambda: restarts_of(u, "flappy") >= 100, 60, "100 restarts")
     fd0, rss0 = _quiet_fds(u, pid)
     poll(lambda: restarts_of(u, "flappy") >= restarts, 600, f"{restarts} restarts")
@@ -101,7 +102,9 @@ def test_log_on_a_full_disk_keeps_the_service_running(stack, up):
                log={"file": "/dev/full"}, ready={"log": "ready-now", "timeout": "10s"})
     u = up().start("--no-echo")
     u.wait_state("marker", "ready")          # the marker is still seen: scanning does not depend on the disk
-    u.wait_out("/dev/full")
+    u.wait_state("writer", "ready")
+    # the marker's own report may come first: wait for the writer's (qasup's stdout is written by a thread)
+    u.wait_out("writer: cannot write log /dev/full: the disk is full")
     assert "writer: cannot write log /dev/full: the disk is full" in u.out
     time.sleep(0.3)  # a negative check: the writer must still be running after failed writes
     assert u.service_status("writer")["state"] == "ready"
@@ -110,6 +113,14 @@ def test_log_on_a_full_disk_keeps_the_service_running(stack, up):
 
 
 # ------------------------------------------------------------------------------------------ API fuzz
+
+def _answering(path: Path) -> bool:
+    """Whether the daemon answers status (the socket file exists a moment before it accepts)."""
+    try:
+        return path.exists() and _status_ok(path)
+    except OSError:
+        return False
+
 
 def _status_ok(path: Path) -> bool:
     with socket.socket(socket.AF_UNIX) as s:
@@ -152,7 +163,7 @@ def fuzz_daemon(tmp_path_factory):
     Stack(root).unit("a", command=["sh", "-c", "echo a; exec sleep 300"])
     u = Up(root, "fuzz-" + os.urandom(6).hex()).start("--no-echo")
     sock = root / ".qasup" / "qasup.sock"
-    poll(lambda: sock.exists() and _status_ok(sock), 20, "daemon answering")
+    poll(lambda: _answering(sock), 20, "daemon answering")
     yield sock
     assert not u.cleanup()
 

@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_stack
+from supervisor.config.files import merge
+from supervisor.config.loader import load_config
+from supervisor.config.values import format_duration, parse_signal, parse_size
 from supervisor.errors import ConfigError, Problems
 from supervisor.plan.resolve import UnknownVariable, expand, resolve_unit
-from supervisor.config.loader import load_config, merge
-from supervisor.config.values import format_duration, parse_duration, parse_signal, parse_size
+from supervisor.protocol import parse_duration
+
+from conftest import make_stack
 
 
 def load(tmp_path: Path, units: dict[str, str], stack_toml: str | None = None, files=None):

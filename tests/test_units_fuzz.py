@@ -20,10 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from supervisor.config.loader import load_config
 from supervisor.errors import ConfigError, Problems
 from supervisor.plan.build import make_plan
 from supervisor.plan.qanything import PlanInputError
-from supervisor.config.loader import load_config
 
 UNIT_KEYS = ["description", "command", "cwd", "env", "env_files", "requires", "after", "provides", "enabled",
              "gpu", "vram_mib", "requires_paths", "when", "prepare", "log", "ready", "restart", "stop", "on_log"]

@@ -14,8 +14,8 @@ import statistics
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

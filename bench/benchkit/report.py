@@ -6,8 +6,8 @@ target still say plainly when qasup is slower or bigger than supervisord.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from benchkit.procs import median, percentile
 from benchkit.scenarios import DAG, QASUP, SV, Result, critical_path

@@ -14,9 +14,9 @@ import subprocess
 import time
 import traceback
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from benchkit.daemons import Daemon, Prog, Qasup, Supervisord
 from benchkit.procs import WaitTimeout, cpu_ticks, guardian_pid, rss_kib, supervisord_line_time

@@ -41,8 +41,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 from urllib.parse import urlsplit
 
 FAIL_MODES = ("oom", "crash", "hang", "traceback", "nccl", "late-oom")

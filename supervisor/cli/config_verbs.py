@@ -4,58 +4,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
+from types import MappingProxyType
 
 from supervisor.cli.flags import RUNSH_FLAGS
-from supervisor.errors import ConfigError, Problems
-from supervisor.protocol import Exit
+from supervisor.errors import ConfigError
+from supervisor.plan.pipeline import PlanRequest, UsageError, load_plan
+from supervisor.plan.result import Plan
+from supervisor.protocol import Exit, mask_env
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = Exit.OK, Exit.FAILED, Exit.CONFIG
+__all__ = ["cmd_check", "cmd_plan", "cmd_up", "overrides", "plan_request"]
 
 
 def overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The run.sh flags given on the command line, by ``[plan]`` key."""
     return {dest: getattr(args, dest) for _, _, dest, _, _ in RUNSH_FLAGS if getattr(args, dest, None) is not None}
 
 
-class UsageError(Exception):
-    """Bad flags or inventory: exit 2 with this message."""
-
-
-def load_plan(args: argparse.Namespace, *, check_paths: bool = True):
-    """Config -> inventory -> plan. Raises ConfigError or UsageError."""
-    from supervisor.plan import gpu
-    from supervisor.plan.build import make_plan, needs_gpu_inventory
-    from supervisor.plan.qanything import PlanInputError
-    from supervisor.config.loader import collect_config
-
-    probs = Problems()
-    config = collect_config(Path(args.config) if getattr(args, "config", None) else None, None, probs)
-    if config is None:
-        probs.raise_if_any()
-    spec = getattr(args, "gpus", None)
-    declared = config.stack.plan.get("gpus")
-    if spec is None and not os.environ.get("QASUP_GPUS", "").strip() and declared is not None:
-        if isinstance(declared, list):
-            spec = json.dumps(declared)
-        elif declared.strip() not in ("none", "") and not declared.lstrip().startswith("["):
-            spec = str(config.stack.path(declared))
-        else:
-            spec = declared
-    try:
-        inventory = gpu.load_inventory(spec, nvml=needs_gpu_inventory(config, overrides(args)))
-    except gpu.GpuSpecError as e:
-        raise UsageError(str(e)) from None
-    gpus, inventory_note = list(inventory.gpus), inventory.reason
-    try:
-        plan = make_plan(config, overrides(args), gpus, probs, check_paths=check_paths)
-    except PlanInputError as e:
-        raise UsageError(str(e)) from None
-    probs.raise_if_any()
-    if inventory_note and plan.outcome is not None:
-        object.__setattr__(plan, "messages", plan.messages + (f"GPU inventory: {inventory_note}",))
-    return plan
+def plan_request(args: argparse.Namespace, *, check_paths: bool = True) -> PlanRequest:
+    """What the command line asks to plan: ``--config``, the run.sh flags, ``--gpus``."""
+    return PlanRequest(config=Path(args.config) if getattr(args, "config", None) else None,
+                       overrides=MappingProxyType(overrides(args)), gpus=getattr(args, "gpus", None),
+                       check_paths=check_paths)
 
 
 def _report_problems(e: ConfigError) -> int:
@@ -63,22 +34,22 @@ def _report_problems(e: ConfigError) -> int:
         print(p, file=sys.stderr)
     n = len(e.problems)
     print(f"qasup: {n} problem{'s' if n != 1 else ''} found", file=sys.stderr)
-    return EXIT_CONFIG
+    return Exit.CONFIG
 
 
-def _plan_or_exit_code(args: argparse.Namespace, *, check_paths: bool = True):
+def _plan_or_exit_code(request: PlanRequest) -> Plan | int:
     """The plan, or the exit code after reporting why there is none (problems or bad usage: 2)."""
     try:
-        return load_plan(args, check_paths=check_paths)
+        return load_plan(request)
     except ConfigError as e:
         return _report_problems(e)
     except UsageError as e:
         print(f"qasup: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+        return Exit.CONFIG
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    plan = _plan_or_exit_code(args, check_paths=False)
+    plan = _plan_or_exit_code(plan_request(args, check_paths=False))
     if isinstance(plan, int):
         return plan
     units = len(plan.config.units)
@@ -88,10 +59,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"ok: {units} unit{'s' if units != 1 else ''} valid, {len(plan.enabled)} enabled in this plan")
     if not plan.feasible:
         print(f"note: the plan is infeasible on this inventory: {plan.error}", file=sys.stderr)
-    return EXIT_OK
+    return Exit.OK
 
 
-def _stop_budget_warnings(plan) -> list[str]:
+def _stop_budget_warnings(plan: Plan) -> list[str]:
     """Stop timeouts along a dependency chain (stopped one after another) that exceed the stop budget."""
     units = plan.config.units
     budget = plan.config.stack.stop_budget
@@ -106,7 +77,7 @@ def _stop_budget_warnings(plan) -> list[str]:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    plan = _plan_or_exit_code(args)
+    plan = _plan_or_exit_code(plan_request(args))
     if isinstance(plan, int):
         return plan
     if args.json:
@@ -114,12 +85,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         _print_plan(plan)
-    return EXIT_OK if plan.feasible else EXIT_FAILED
+    return Exit.OK if plan.feasible else Exit.FAILED
 
 
-def _print_plan(plan) -> None:
-    from supervisor.plan.build import mask
-
+def _print_plan(plan: Plan) -> None:
     out = sys.stdout.write
     o = plan.outcome
     out(f"plan: {'feasible' if plan.feasible else 'INFEASIBLE'}\n")
@@ -138,7 +107,7 @@ def _print_plan(plan) -> None:
         out(f"backend: {o.runtime_backend} (asked: {o.requested_backend}), llm_api {o.llm_api}, model "
             f"{o.model_name or '-'} {o.model_size}, tensor parallel {o.tensor_parallel}, gpu_id1 {o.gpu_id1}, "
             f"gpu_id2 {o.gpu_id2}, OFFCUT_TOKEN {o.offcut_token}\n")
-        env = mask(plan.env)
+        env = mask_env(plan.env)
         out(f"env file {plan.config.stack.env_file}: " + " ".join(f"{k}={v}" for k, v in env.items()) + "\n")
     out("start order:\n")
     if not plan.graph.cycles():
@@ -162,20 +131,22 @@ def cmd_up(args: argparse.Namespace) -> int:
     from supervisor import lazyssl
 
     lazyssl.install()   # before anyio is imported: OpenSSL is loaded only if TLS is ever used
-    plan = _plan_or_exit_code(args)
+    request = plan_request(args)
+    plan = _plan_or_exit_code(request)
     if isinstance(plan, int):
         return plan
     for m in plan.messages:
         print(f"[qasup] plan: {m}", flush=True)
     if not plan.feasible:
         print(f"[qasup] the plan is infeasible: {plan.error}", file=sys.stderr, flush=True)
-        return EXIT_FAILED
+        return Exit.FAILED
     from supervisor.daemon import DaemonOptions, OptionsError, run_daemon
     from supervisor.engine.errors import ReloadRejected
 
-    def planner():
+    def planner() -> Plan:
+        """The reload's plan: the same request, planned again."""
         try:
-            return load_plan(args)
+            return load_plan(request)
         except ConfigError as e:
             raise ReloadRejected("\n".join(str(p) for p in e.problems)) from None
         except UsageError as e:
@@ -186,5 +157,5 @@ def cmd_up(args: argparse.Namespace) -> int:
                                             no_echo=getattr(args, "no_echo", False), planner=planner)
     except OptionsError as e:
         print(f"qasup: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+        return Exit.CONFIG
     return run_daemon(plan, options)

@@ -1,8 +1,9 @@
-"""The ``qasup`` command line: parses arguments and dispatches to a verb.
+"""The ``qasup`` command line: parses arguments, finds the control socket, and dispatches to a verb.
 
 Start-up cost matters (``qasup status`` runs as a health check): this module imports only the standard
-library at top level; each verb imports what it needs. Control verbs live in :mod:`supervisor.cli.control_verbs` and reach
-a running daemon only through its socket.
+library (and :mod:`supervisor.protocol`) at top level; each verb imports what it needs. The configuration
+verbs live in :mod:`supervisor.cli.config_verbs`; the control verbs in :mod:`supervisor.cli.control_verbs`,
+which reach a running daemon only through its socket.
 """
 
 from __future__ import annotations
@@ -11,11 +12,18 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from supervisor.cli.flags import RUNSH_FLAGS
+from supervisor.protocol import DEFAULT_SOCKET_NAME, DEFAULT_STATE_DIR, SOCKET_ENV, Exit
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+TYPE_CHECKING = False  # typing costs ~5 ms to import; annotations are strings here anyway
+if TYPE_CHECKING:
+    from typing import Any
+
+_STACK_FILE = "qasup.toml"  # as supervisor.config.loader.STACK_FILE, which is too heavy to import here
+
+CONFIG_VERBS = ("up", "check", "plan")
+"""The verbs that read the configuration (supervisor.cli.config_verbs); every other verb is a control verb."""
 
 
 EPILOG = """\
@@ -38,7 +46,7 @@ def _add_common(p: argparse.ArgumentParser, top: bool) -> None:
     p.add_argument("--config", metavar="FILE", default=d,
                    help="the stack file (default: ./qasup.toml, else ./services.d)")
     p.add_argument("--socket", metavar="PATH", default=d,
-                   help="control socket (default: $QASUP_SOCKET, else <state_dir>/qasup.sock)")
+                   help=f"control socket (default: ${SOCKET_ENV}, else <state_dir>/{DEFAULT_SOCKET_NAME})")
 
 
 def _add_plan_flags(p: argparse.ArgumentParser) -> None:
@@ -56,7 +64,7 @@ class _OnlyVerb:
     ``qasup status`` runs as a health check: building all the other verbs' parsers costs more than the
     request itself."""
 
-    def __init__(self, subparsers: Any, verb: str) -> None:
+    def __init__(self, subparsers: argparse._SubParsersAction[argparse.ArgumentParser], verb: str) -> None:
         self._sub, self._verb = subparsers, verb
 
     def add_parser(self, name: str, **kw: Any) -> argparse.ArgumentParser:
@@ -78,7 +86,7 @@ def _fast_verb(argv: list[str]) -> str | None:
             continue
         if a.startswith("-"):
             return None
-        if a in ("up", "check", "plan") or "-h" in argv or "--help" in argv:
+        if a in CONFIG_VERBS or "-h" in argv or "--help" in argv:
             return None
         return a
     return None
@@ -94,10 +102,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     _add_common(parser, top=True)
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     if only is not None:
-        from supervisor.cli import control_verbs as ctl
+        from supervisor.cli import control_args
 
-        if only in ctl.VERBS:
-            ctl.register(_OnlyVerb(sub, only))
+        if only in control_args.VERBS:
+            control_args.register(_OnlyVerb(sub, only))
             for p in sub.choices.values():
                 _add_common(p, top=False)
             return parser
@@ -129,13 +137,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     _add_plan_flags(pl)
     pl.add_argument("--json", action="store_true", help="machine-readable output")
 
-    try:
-        from supervisor.cli import control_verbs as ctl
-    except ImportError:  # pragma: no cover - during bootstrap only
-        return parser
-    ctl.register(sub)
+    from supervisor.cli import control_args
+
+    control_args.register(sub)
     for name, p in sub.choices.items():
-        if name not in ("up", "check", "plan"):
+        if name not in CONFIG_VERBS:
             _add_common(p, top=False)
     return parser
 
@@ -146,9 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.verb:
         parser.print_help()
-        return EXIT_CONFIG
+        return Exit.CONFIG
     try:
-        if args.verb in ("up", "check", "plan"):
+        if args.verb in CONFIG_VERBS:
             from supervisor.cli import config_verbs as commands
 
             return getattr(commands, f"cmd_{args.verb}")(args)
@@ -157,26 +163,27 @@ def main(argv: list[str] | None = None) -> int:
 
         return ctl.run(args)
     except KeyboardInterrupt:
-        return 130
+        return Exit.INTERRUPTED
     except BrokenPipeError:
-        return EXIT_OK
+        return Exit.OK
 
 
 def resolve_socket(args: argparse.Namespace) -> Path:
-    """--socket, else $QASUP_SOCKET, else <state_dir>/qasup.sock of the stack found from here."""
+    """--socket, else $QASUP_SOCKET, else <state_dir>/qasup.sock of the stack found from here (the state folder
+    read from the stack file's ``[stack] state_dir`` without validating the rest of it)."""
     if getattr(args, "socket", None):
         return Path(args.socket)
-    if os.environ.get("QASUP_SOCKET"):
-        return Path(os.environ["QASUP_SOCKET"])
+    if os.environ.get(SOCKET_ENV):
+        return Path(os.environ[SOCKET_ENV])
     config = Path(args.config) if getattr(args, "config", None) else None
     root = Path.cwd()
     file = None
     if config is not None:
-        file = config if not config.is_dir() else config / "qasup.toml"
+        file = config if not config.is_dir() else config / _STACK_FILE
         root = file.parent
-    elif (root / "qasup.toml").is_file():
-        file = root / "qasup.toml"
-    state = ".qasup"
+    elif (root / _STACK_FILE).is_file():
+        file = root / _STACK_FILE
+    state = DEFAULT_STATE_DIR
     if file is not None and file.is_file():
         import tomllib
 
@@ -185,7 +192,7 @@ def resolve_socket(args: argparse.Namespace) -> Path:
         except (OSError, ValueError, AttributeError):
             pass
     p = Path(state)
-    return (p if p.is_absolute() else root.resolve() / p) / "qasup.sock"
+    return (p if p.is_absolute() else root.resolve() / p) / DEFAULT_SOCKET_NAME
 
 
 if __name__ == "__main__":

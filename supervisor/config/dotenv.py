@@ -28,7 +28,7 @@ __all__ = ["DotenvError", "format_value", "load", "parse", "update"]
 _KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _WRITABLE_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _EXPORT_RE = re.compile(r"export[ \t]+")
-_BARE_VALUE_RE = re.compile(r"^[A-Za-z0-9_./:,@%+=\-]+$")
+_BARE_VALUE_RE = re.compile(r"[A-Za-z0-9_./:,@%+=\-]+")   # whole value (fullmatch: "$" would allow a final "\n")
 _DOUBLE_QUOTED_RE = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)
 _ESCAPE_RE = re.compile(r'\\([nrt"\\$])')
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\", "$": "$"}
@@ -149,7 +149,7 @@ def format_value(value: str) -> str:
     """``value`` as written to the file: bare when safe, else single or double quoted."""
     if "\0" in value:
         raise ValueError("a dotenv value cannot contain a NUL character")
-    if _BARE_VALUE_RE.match(value):
+    if _BARE_VALUE_RE.fullmatch(value):
         return value
     if "'" not in value and "\n" not in value and "\r" not in value:
         return f"'{value}'"  # literal in docker compose, python-dotenv and this parser
@@ -212,7 +212,7 @@ def update(path: str | os.PathLike[str], values: Mapping[str, str]) -> None:
 def _write_atomically(target: Path, text: str, existing: os.stat_result | None) -> None:
     folder = target.parent
     hidden = target.name if target.name.startswith(".") else f".{target.name}"
-    import tempfile   # imports random, which loads OpenSSL: only when a file is written
+    import tempfile  # imports random, which loads OpenSSL: only when a file is written
 
     fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f"{hidden}.", suffix=".tmp")
     try:

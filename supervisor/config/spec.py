@@ -1,21 +1,24 @@
 """Typed, immutable specs: what a validated ``qasup.toml`` and ``services.d/*.toml`` say.
 
 Values are kept as written (``${NAME}`` unexpanded); :mod:`supervisor.plan.resolve` expands them against the plan.
-Defaults here are the documented defaults of interface.md.
+Defaults here are the documented defaults of interface.md, and the only place they are written: the loaders
+read them from these classes.
 """
 
 from __future__ import annotations
 
 import re
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping
+from typing import Any
+
+from supervisor.protocol import DEFAULT_STATE_DIR
 
 
-
-def _empty() -> Mapping:
+def _empty() -> Mapping[str, Any]:
     return MappingProxyType({})
 
 
@@ -24,7 +27,7 @@ _KEY_SPLIT = re.compile(r"[.\[]")
 
 def file_of(origins: Mapping[str, Path], key: str, default: Path) -> Path:
     """The file that wrote ``key`` (a dotted path such as ``restart.delay`` or ``on_log[2].match``): the
-    nearest enclosing key recorded in ``origins`` (see :func:`supervisor.config.loader.record_origins`), else ``default``."""
+    nearest enclosing key recorded in ``origins`` (see :func:`supervisor.config.files.record_origins`), else ``default``."""
     while key:
         f = origins.get(key)
         if f is not None:
@@ -145,7 +148,7 @@ class StackSpec:
     services: Path = Path("services.d")
     dropins: tuple[Path, ...] = ()
     log_dir: Path = Path("logs")
-    state_dir: Path = Path(".qasup")
+    state_dir: Path = Path(DEFAULT_STATE_DIR)
     env_file: Path = Path(".env")
     echo: bool = True
     stop_budget: float = 30.0

@@ -1,34 +1,16 @@
-"""Parsing of the small value languages that unit files use: durations, sizes, signals, names."""
+"""Parsing of the small value languages that only unit files use: sizes and signals (and how a duration is
+shown). Durations and service names are shared with the CLI: their owner is :mod:`supervisor.protocol`."""
 
 from __future__ import annotations
 
 import re
 import signal as _signal
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB|k|K|M|G)?$")
 _SIZE_UNITS = {
     None: 1, "B": 1, "k": 1024, "K": 1024, "KiB": 1024, "M": 1024**2, "MiB": 1024**2, "G": 1024**3,
     "GiB": 1024**3, "TiB": 1024**4, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
 }
-
-
-def parse_duration(text: str) -> float:
-    """``"500ms"``, ``"10s"``, ``"5m"``, ``"1h"``, or combinations such as ``"1m30s"``; returns seconds."""
-    if not isinstance(text, str) or not text:
-        raise ValueError("a duration is a string such as \"500ms\", \"10s\", \"5m\" or \"1h\"")
-    pos, total = 0, 0.0
-    for m in _DURATION_PART.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-        pos = m.end()
-    if pos != len(text):
-        raise ValueError(f"{text!r} is not a duration such as \"500ms\", \"10s\", \"5m\" or \"1h\"")
-    return total
 
 
 def parse_size(value: object) -> int:

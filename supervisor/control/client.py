@@ -11,15 +11,15 @@ stream.  It only talks to qasup's own server (h11), one request per connection
 
 from __future__ import annotations
 
+import _socket  # the C module behind socket.py; see the module docstring
 import json
 import os
 import time
 
-import _socket  # the C module behind socket.py; see the module docstring
-
 TYPE_CHECKING = False  # typing costs ~5 ms to import; annotations are strings here anyway
 if TYPE_CHECKING:
-    from typing import Any, Iterator
+    from collections.abc import Iterator
+    from typing import Any
 
 __all__ = ["NoDaemon", "ProtocolError", "RequestFailed", "StreamBroken", "request", "stream_chunks", "stream_lines"]
 
@@ -186,7 +186,7 @@ class _Exchange:
             self.close()
             raise
 
-    def __enter__(self) -> "_Exchange":
+    def __enter__(self) -> _Exchange:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -4,7 +4,7 @@ Why: following a log file must cost no CPU while nothing happens and must notice
 milliseconds.  watchfiles debounces (1.6 s by default) and its Rust loop wakes up every `step` ms;
 inotify lets the event loop sleep in epoll on one file descriptor until the kernel has news.
 
-Only what `supervisor.logs.core.follow` needs: a non-blocking, close-on-exec instance, add/remove a
+Only what `supervisor.logs.follow.follow` needs: a non-blocking, close-on-exec instance, add/remove a
 watch, and parse pending events.  `Inotify()` raises `OSError` where inotify is unavailable
 (not Linux, seccomp, exhausted `max_user_instances`); callers then fall back to watchfiles.
 """

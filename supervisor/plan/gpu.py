@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 __all__ = [
     "GpuInfo",
@@ -268,7 +268,7 @@ def _gpu_from_json(item: Any, source: str, position: int) -> GpuInfo:
     return GpuInfo(index, name.strip(), total, free, capability.strip())
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

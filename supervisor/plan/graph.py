@@ -7,8 +7,8 @@ Edges point from a unit to what it waits for. ``requires`` edges are ready-gated
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,19 @@ class Graph:
                         seen.add(d)
                         stack.append(d)
             hit = memo[name] = frozenset(seen)
+        return hit
+
+    def waiting_for(self, name: str) -> list[str]:
+        """Units that wait for ``name`` directly (by ``requires`` or ``after``)."""
+        return self._reverse(False).get(name, [])
+
+    def neighbours(self, name: str) -> frozenset[str]:
+        """What ``name`` waits for and what waits for it, directly (empty for a unit outside the graph)."""
+        memo = self._memo.setdefault("neighbours", {})
+        hit = memo.get(name)
+        if hit is None:
+            hit = memo[name] = frozenset(self.requires.get(name, ()) + self.after.get(name, ())
+                                         + tuple(self.waiting_for(name)))
         return hit
 
     def _reverse(self, requires_only: bool) -> dict[str, list[str]]:

@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any
 
 from supervisor.config import dotenv
-from supervisor.errors import Problems
 from supervisor.config.spec import HttpCheck, LogRule, StackSpec, UnitSpec
+from supervisor.errors import Problems
+from supervisor.protocol import parse_hostport
 
 _VAR = re.compile(r"\$(\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
 
@@ -86,7 +88,7 @@ def builtins(stack: StackSpec, name: str) -> dict[str, str]:
 def resolve_unit(stack: StackSpec, unit: UnitSpec, plan_env: Mapping[str, str], gpu_env: Mapping[str, str],
                  probs: Problems, environ: Mapping[str, str] | None = None,
                  pending_env_file: Mapping[str, str] | None = None,
-                 env_cache: dict | None = None) -> ResolvedUnit | None:
+                 env_cache: dict[Any, Any] | None = None) -> ResolvedUnit | None:
     """Expand one unit. Problems go to ``probs`` as ``FILE: KEY: message``; returns None when there are any.
 
     ``pending_env_file``: the plan results that will be written to the stack's env file before the start
@@ -155,13 +157,11 @@ def resolve_unit(stack: StackSpec, unit: UnitSpec, plan_env: Mapping[str, str], 
     if r.tcp:
         n_before = len(probs.items)
         hp = x(r.tcp, "ready.tcp", lookup)
-        host, _, port = hp.rpartition(":")
-        if len(probs.items) > n_before:
-            pass  # the unknown ${NAME} is the problem; do not report the unexpanded text as well
-        elif not port.isdigit() or not host or not 0 < int(port) < 65536:
-            probs.add(unit.file_of("ready.tcp"), "ready.tcp", f"{hp!r} is not HOST:PORT")
-        else:
-            tcp = (host.strip("[]"), int(port))
+        if len(probs.items) == n_before:   # else the unknown ${NAME} is the problem, not the unexpanded text
+            try:
+                tcp = parse_hostport(hp)
+            except ValueError as e:
+                probs.add(unit.file_of("ready.tcp"), "ready.tcp", str(e))
     ready = ReadyChecks(
         log=r.log, http=http, tcp=tcp,
         exec=tuple(x(a, "ready.exec", lookup) for a in r.exec) if r.exec else None,

@@ -40,7 +40,7 @@ def hash_paths(paths: Sequence[str | os.PathLike[str]], ignore: Iterable[str] = 
     changes, a file appears or disappears, or a listed path appears or disappears.
     """
     patterns = tuple(ignore)
-    import hashlib   # here: hashlib loads OpenSSL, which the daemon needs only when it hashes
+    import hashlib  # here: hashlib loads OpenSSL, which the daemon needs only when it hashes
 
     total = hashlib.blake2b(digest_size=32)
     total.update(_VERSION)

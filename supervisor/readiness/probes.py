@@ -10,7 +10,8 @@ uses a transport without a TLS context, so that it does not load OpenSSL (see :m
 from __future__ import annotations
 
 import re
-from typing import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import anyio
 
@@ -76,7 +77,7 @@ class HttpProbe(_Polled):
         super().__init__(interval)
         self.url, self.method = url, method
         self.expect = re.compile(expect) if expect else None
-        self._client = None
+        self._client: Any = None   # an httpx.AsyncClient, made at the first try (httpx is imported then)
 
     async def once(self) -> bool:
         import httpx

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import anyio
 
-from supervisor.proc.process import Reaper
+from supervisor.proc.reaper import Reaper
 
 HERE = Path(__file__).resolve().parent
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import anyio
 
-from supervisor.proc.process import Reaper, terminate
+from supervisor.proc.reaper import Reaper
+from supervisor.proc.stop import terminate
 
 HERE = Path(__file__).resolve().parent
 

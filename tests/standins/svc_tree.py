@@ -5,7 +5,6 @@ and waits (the leader itself exits on SIGTERM).
 
 import os
 import signal
-import sys
 import time
 
 

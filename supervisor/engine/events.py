@@ -1,0 +1,62 @@
+"""The stack's events: every state change, appended to ``events.jsonl`` and sent to live subscribers
+(``qasup events``, ``/v1/events``). A subscriber that does not keep up is dropped, never waited for."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+SUBSCRIBER_BUFFER = 1000   # events queued for one subscriber before it is dropped
+
+
+class EventLog:
+    """``events.jsonl`` (opened by :meth:`open`) plus the live subscribers."""
+
+    def __init__(self) -> None:
+        self._file: IO[str] | None = None
+        self._subscribers: set[MemoryObjectSendStream[dict[str, Any]]] = set()
+
+    def open(self, path: Path) -> None:
+        """Append to ``path`` from now on (line-buffered); raises OSError."""
+        self._file = open(path, "a", buffering=1, encoding="utf-8")
+
+    def emit(self, event: dict[str, Any]) -> None:
+        if self._file is not None:
+            try:
+                self._file.write(json.dumps(event) + "\n")
+            except (OSError, ValueError):
+                pass
+        for s in list(self._subscribers):
+            try:
+                s.send_nowait(event)
+            except anyio.WouldBlock:
+                s.close()          # a subscriber that does not keep up is dropped
+                self._subscribers.discard(s)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self._subscribers.discard(s)
+
+    @asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        send, recv = anyio.create_memory_object_stream[dict[str, Any]](SUBSCRIBER_BUFFER)
+        self._subscribers.add(send)
+        try:
+            async with recv:
+                yield recv
+        finally:
+            self._subscribers.discard(send)
+            send.close()
+
+    def close_subscribers(self) -> None:
+        for s in list(self._subscribers):
+            s.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -1,0 +1,393 @@
+"""The real :class:`~supervisor.engine.instance.ServiceHost`: runs a service's processes and reads their output.
+
+One run: resolve the unit again (env files are read at each start), check required paths, prepare (skipped when
+``when_changed`` contents did not change), follow the tailed files, spawn, capture the output into the log file,
+the scanner and the echo, probe readiness, wait for the exit with the pipe drained and no process left. Each
+outcome is posted to the service's mailbox; the state machine decides what it means.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.abc
+
+from supervisor.engine import messages as m
+from supervisor.engine.instance import Instance
+from supervisor.errors import Problems
+from supervisor.logs.capture import capture, make_pipe
+from supervisor.logs.echo import Echo
+from supervisor.logs.follow import follow
+from supervisor.logs.rotate import LogError, RotatingFile
+from supervisor.logs.scan import LineScanner, PatternSet
+from supervisor.proc import contenthash
+from supervisor.proc.kernel import SpawnError
+from supervisor.proc.reaper import Child, Reaper
+from supervisor.proc.run import run_to_completion
+from supervisor.proc.stop import terminate
+from supervisor.proc.tree import anything_left, members
+from supervisor.readiness.probes import LogMarker, Probe, build_probes, wait_ready, why_not_ready
+
+if TYPE_CHECKING:
+    from supervisor.engine.service import Service
+    from supervisor.plan.resolve import ResolvedUnit
+    from supervisor.plan.result import ServicePlan
+
+DRAIN_AFTER_EXIT = 2.0   # seconds to wait for the pipe's EOF after the leader exited, before killing leftovers
+
+
+@dataclass(frozen=True)
+class HostContext:
+    """What every service's host shares: the reaper, the echo, where to say things, the state folder, the
+    daemon's id (put in every process's environment for the guardian), and how to resolve a unit again."""
+
+    reaper: Reaper
+    echo: Echo | None
+    say: Callable[[str], None]
+    state_dir: Path
+    environment: Callable[[ResolvedUnit], dict[str, str]]
+    resolve: Callable[[Service, Problems], ResolvedUnit | None]
+
+
+@dataclass(eq=False)
+class _Run:
+    """The I/O side of one instance."""
+
+    inst: Instance
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    child: Child | None = None
+    marker: LogMarker | None = None
+    probes: list[Probe] = field(default_factory=list)
+    read_fd: int = -1
+
+
+class ProcessHost:
+    """Runs one service's processes (see the module's docstring)."""
+
+    def __init__(self, svc: Service, ctx: HostContext) -> None:
+        self.svc = svc
+        self.ctx = ctx
+        self.name = svc.name
+        self.unit = svc.unit   # the latest resolved unit (the state machine learns of it by a message)
+        self.tg: anyio.abc.TaskGroup | None = None
+        self.run: _Run | None = None
+        self.patterns: PatternSet | None = None
+        self.pattern_key: tuple[str, ...] | None = None
+        self.logfile: RotatingFile | None = None
+        self._setup_patterns(svc.unit)
+
+    # ------------------------------------------------------------------ ServiceHost
+
+    def bind(self, tg: anyio.abc.TaskGroup) -> None:
+        self.tg = tg
+
+    def launch(self, inst: Instance) -> None:
+        run = self.run = _Run(inst)
+        assert self.tg is not None
+        self.tg.start_soon(self._instance_main, run)
+
+    def stop(self, inst: Instance, timeout: float) -> None:
+        run = self._run_of(inst)
+        if run is None:
+            return
+        if run.child is None:
+            run.scope.cancel()   # still preparing: cancel it (prepare's process tree is terminated)
+        else:
+            assert self.tg is not None
+            self.tg.start_soon(terminate, run.child, self.svc.spec.stop.signal, timeout)
+
+    def kill(self, inst: Instance) -> None:
+        run = self._run_of(inst)
+        if run is None:
+            return
+        if run.child is not None:
+            run.child.signal_group(signal.SIGKILL)
+            for pid in members(run.child):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        else:
+            run.scope.cancel()
+
+    def start_timer(self, token: int, delay: float) -> None:
+        assert self.tg is not None
+        self.tg.start_soon(self._timer, token, delay)
+
+    def live_pid(self, inst: Instance) -> int | None:
+        run = self._run_of(inst)
+        if run is None or run.child is None or run.child.returncode is not None:
+            return None
+        return run.child.pid
+
+    def log_line(self, text: str) -> None:
+        self._write_log(f"[qasup] {text}\n".encode())
+
+    def replaced(self, unit: ResolvedUnit, splan: ServicePlan) -> None:
+        self.unit = unit
+        self._setup_patterns(unit)
+        if self.logfile is not None and self.logfile.path != unit.log_file:
+            self.logfile.close()
+            self.logfile = None
+
+    def close(self) -> None:
+        if self.logfile is not None:
+            self.logfile.close()
+
+    # ------------------------------------------------------------------ one run
+
+    def _run_of(self, inst: Instance) -> _Run | None:
+        run = self.run
+        return run if run is not None and run.inst is inst else None
+
+    async def _timer(self, token: int, delay: float) -> None:
+        await anyio.sleep(delay)
+        self.svc.post(m.BackoffDone(token))
+
+    async def _instance_main(self, run: _Run) -> None:
+        code: int | None = None
+        failure: str | None = None
+        unit = self.unit
+        try:
+            with run.scope:
+                unit, failure = self._refresh_unit(run)
+                if failure is None and unit.prepare_argv:
+                    failure = await self._prepare(unit)
+            if failure is None and not run.scope.cancel_called:
+                # from here on a stop terminates the process instead of cancelling (see ServiceHost.stop)
+                with anyio.CancelScope(shield=True):
+                    code, failure = await self._run_process(run, unit)
+            elif failure is None:
+                failure = "cancelled before start"
+        except Exception as e:
+            failure = f"internal error: {type(e).__name__}: {e}"
+        finally:
+            self.svc.post(m.Exited(run.inst, code, failure))
+
+    def _refresh_unit(self, run: _Run) -> tuple[ResolvedUnit, str | None]:
+        """Resolve again (env files are read at each start) and check required paths."""
+        probs = Problems()
+        unit = self.ctx.resolve(self.svc, probs)
+        if unit is None:
+            return self.unit, "; ".join(f"{p.key}: {p.message}" for p in probs.items)
+        self.unit = unit
+        self._setup_patterns(unit)
+        self.svc.post(m.Resolved(run.inst, unit))
+        missing = [str(p) for p in unit.requires_paths if not p.exists()]
+        if missing:
+            return unit, "missing required paths: " + ", ".join(missing)
+        return unit, None
+
+    def _setup_patterns(self, unit: ResolvedUnit) -> None:
+        pats = tuple(r.match for r in unit.rules) + ((unit.ready.log,) if unit.ready.log else ())
+        if pats != self.pattern_key:
+            self.patterns = PatternSet(pats) if pats else None
+            self.pattern_key = pats
+
+    async def _prepare(self, unit: ResolvedUnit) -> str | None:
+        spec = unit.spec.prepare
+        assert spec is not None and unit.prepare_argv is not None
+        stamp = self.ctx.state_dir / "prepare" / f"{self.name}.hash"
+        digest = None
+        if unit.prepare_paths:
+            digest = await anyio.to_thread.run_sync(contenthash.hash_paths, list(unit.prepare_paths))
+            try:
+                if stamp.read_text().strip() == digest:
+                    self.log_line(f"prepare skipped: {', '.join(map(str, unit.prepare_paths))} unchanged")
+                    return None
+            except OSError:
+                pass
+        self.log_line(f"prepare: {' '.join(unit.prepare_argv)}")
+        try:
+            code, out = await run_to_completion(
+                self.ctx.reaper, unit.prepare_argv, cwd=unit.cwd, env=self.ctx.environment(unit),
+                timeout=spec.timeout, tag=f"{self.name}.prepare", pdeathsig=False)
+        except SpawnError as e:
+            return f"prepare failed: {e}"
+        except TimeoutError as e:
+            self._write_log(getattr(e, "output", b""))
+            return f"prepare did not finish within {spec.timeout:g}s"
+        self._write_log(out)
+        if code != 0:
+            last = out.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+            return f"prepare exited {code}: {last[0][:200]}"
+        if digest is not None:
+            stamp.parent.mkdir(parents=True, exist_ok=True)
+            tmp = stamp.with_suffix(".tmp")
+            tmp.write_text(digest + "\n")
+            os.replace(tmp, stamp)
+        return None
+
+    async def _run_process(self, run: _Run, unit: ResolvedUnit) -> tuple[int | None, str | None]:
+        """Follow the tailed files from their current end, then spawn and supervise.
+
+        Followers start before the process so that nothing it writes is missed, and from the end so that a
+        marker left in the file by an earlier run never counts for this one."""
+        if not unit.tail:   # nothing to follow: no task group to hold (it costs memory per service)
+            return await self._spawn_and_supervise(run, unit)
+        async with anyio.create_task_group() as tg:
+            attached = []
+            for path in unit.tail:
+                tscan = self._scanner(run, unit)
+                if tscan is not None:
+                    ev = anyio.Event()
+                    tg.start_soon(self._follow, path, tscan, ev)
+                    attached.append(ev)
+            with anyio.move_on_after(2.0):
+                for ev in attached:
+                    await ev.wait()
+            result = await self._spawn_and_supervise(run, unit)
+            tg.cancel_scope.cancel()
+        return result
+
+    async def _spawn_and_supervise(self, run: _Run, unit: ResolvedUnit) -> tuple[int | None, str | None]:
+        failure = await self._spawn(run, unit)
+        if failure is not None:
+            return None, failure
+        return await self._supervise(run, unit), None
+
+    async def _spawn(self, run: _Run, unit: ResolvedUnit) -> str | None:
+        try:
+            self._open_log(unit)
+        except LogError as e:
+            return str(e)
+        read_fd, write_fd = make_pipe()
+        try:
+            run.marker, run.probes = build_probes(
+                unit.ready, lambda argv, timeout: self._run_exec(unit, argv, timeout))
+            # taken before the spawn: the child cannot be older than this, so ready_after_s never comes out
+            # shorter than what the service itself waited (the daemon may be descheduled after the fork)
+            spawned_at = time.monotonic()
+            try:
+                # no PDEATHSIG: the guardian kills the whole stack if qasup dies, and a preexec hook would
+                # make Popen fork the daemon instead of vfork (~15 ms per spawn); in a worker thread, so that
+                # the loop goes on while the child gets to exec (see Reaper.spawn_async)
+                run.child = await self.ctx.reaper.spawn_async(
+                    unit.argv, cwd=unit.cwd, env=self.ctx.environment(unit), stdout=write_fd, stderr=write_fd,
+                    tag=self.name)
+            except SpawnError as e:
+                os.close(read_fd)
+                return str(e)
+        finally:
+            os.close(write_fd)
+        run.inst.pid = run.child.pid
+        run.inst.spawned_at = spawned_at
+        run.read_fd = read_fd
+        self.svc.post(m.Spawned(run.inst))
+        return None
+
+    async def _supervise(self, run: _Run, unit: ResolvedUnit) -> int:
+        """Capture output, probe readiness, and wait for the exit (pipe drained, nothing left)."""
+        child = run.child
+        assert child is not None
+        eof = anyio.Event()
+        scanner = self._scanner(run, unit)
+        sinks: list[Callable[[bytes], None]] = [self._write_log]
+        flushes: list[Callable[[], None]] = [eof.set]
+        if scanner is not None:
+            sinks.append(scanner.feed)
+            flushes.insert(0, scanner.flush)
+        if self.ctx.echo is not None:
+            es = self.ctx.echo.line_writer(self.name)
+            sinks.append(es.write)
+            flushes.insert(0, es.flush)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._capture, run.read_fd, sinks, flushes)
+            tg.start_soon(self._readiness, run, unit)
+            code = await child.wait()
+            with anyio.move_on_after(DRAIN_AFTER_EXIT):
+                await eof.wait()
+            if not eof.is_set() or anything_left(child):
+                # leftovers still hold the pipe or run on: a service is stopped only when none remain
+                await terminate(child, unit.spec.stop.signal, min(unit.spec.stop.timeout, 5.0))
+                with anyio.move_on_after(DRAIN_AFTER_EXIT):
+                    await eof.wait()
+            tg.cancel_scope.cancel()
+        return code
+
+    async def _capture(self, fd: int, sinks: Sequence[Callable[[bytes], None]],
+                       flushes: Sequence[Callable[[], None]]) -> None:
+        def sink_error(sink: Callable[[bytes], None], exc: Exception) -> None:
+            self.ctx.say(f"{self.name}: log output handler failed: {type(exc).__name__}: {exc}")
+
+        await capture(fd, sinks, on_eof=flushes, on_sink_error=sink_error)
+
+    async def _follow(self, path: Path, scanner: LineScanner, started: anyio.Event) -> None:
+        try:
+            await follow(path, scanner.feed, from_end=True, started=started)
+        except Exception as e:
+            self.ctx.say(f"{self.name}: cannot follow {path}: {e}")
+        finally:
+            started.set()
+
+    def _scanner(self, run: _Run, unit: ResolvedUnit) -> LineScanner | None:
+        if self.patterns is None:
+            return None
+        n_rules = len(unit.rules)
+        context = max((r.context for r in unit.rules), default=0)
+        post = self.svc.post
+        inst = run.inst
+
+        def on_match(pid: int, line: bytes, before: list[bytes]) -> None:
+            if pid >= n_rules:
+                if run.marker is not None:
+                    run.marker.hit()
+            else:
+                post(m.RuleHit(inst, pid, line, before))
+
+        return LineScanner(self.patterns, on_match, context_lines=context)
+
+    async def _readiness(self, run: _Run, unit: ResolvedUnit) -> None:
+        probes = run.probes
+        with anyio.move_on_after(unit.ready.timeout):
+            await wait_ready(probes, unit.ready.mode)
+            self.svc.post(m.Ready(run.inst))
+            return
+        self.svc.post(m.ReadyTimeout(run.inst, why_not_ready(probes)))
+
+    async def _run_exec(self, unit: ResolvedUnit, argv: Sequence[str], timeout: float) -> int:
+        try:
+            code, _ = await run_to_completion(self.ctx.reaper, argv, cwd=unit.cwd,
+                                                      env=self.ctx.environment(unit), timeout=timeout,
+                                                      tag=f"{self.name}.probe", pdeathsig=False)
+            return code
+        except SpawnError as e:
+            raise RuntimeError(str(e)) from None
+        except TimeoutError:
+            return 124
+
+    # ------------------------------------------------------------------ the log file
+
+    def _open_log(self, unit: ResolvedUnit) -> None:
+        if self.logfile is None or self.logfile.path != unit.log_file:
+            if self.logfile is not None:
+                self.logfile.close()
+            log = unit.spec.log
+            self.logfile = RotatingFile(unit.log_file, log.max_bytes, log.backups,
+                                             on_problem=lambda msg: self.ctx.say(f"{self.name}: {msg}"))
+
+    def _write_log(self, data: bytes) -> None:
+        if self.logfile is None:
+            try:
+                self._open_log(self.unit)
+            except LogError:
+                return
+        assert self.logfile is not None
+        self.logfile.write(data)
+
+
+def environment_with(daemon_variable: str, daemon_id: str) -> Callable[[ResolvedUnit], dict[str, str]]:
+    """The environment of a unit's processes: its own plus this daemon's id (found by the guardian)."""
+    def env_of(unit: ResolvedUnit) -> dict[str, str]:
+        return {**unit.env, daemon_variable: daemon_id}
+    return env_of
+
+
+__all__ = ["DRAIN_AFTER_EXIT", "HostContext", "ProcessHost", "environment_with"]

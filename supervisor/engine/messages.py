@@ -1,0 +1,122 @@
+"""The messages of a service's mailbox: one frozen dataclass per kind, handled one at a time by its runner
+(:meth:`supervisor.engine.service.Service.handle` dispatches on them with ``match``).
+
+Messages about one run of the process carry its :class:`Instance`; the runner drops those of an earlier run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from supervisor.engine.instance import Instance
+    from supervisor.plan.resolve import ResolvedUnit
+    from supervisor.plan.result import ServicePlan
+
+
+class Message:
+    """Base of every mailbox message."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class InstanceMessage(Message):
+    """A message about one run of the service's process."""
+
+    inst: Instance
+
+
+# ---------------------------------------------------------------- from a run of the process (the host)
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Resolved(InstanceMessage):
+    """The unit was resolved again for this run (env files are read at each start)."""
+
+    unit: ResolvedUnit
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Spawned(InstanceMessage):
+    """The process runs (``inst.pid`` is set)."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Ready(InstanceMessage):
+    """Its readiness checks passed."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ReadyTimeout(InstanceMessage):
+    """``[ready] timeout`` passed first; ``why`` says which check is still failing."""
+
+    why: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RuleHit(InstanceMessage):
+    """An output line matched ``[[on_log]]`` rule number ``rule`` (``before``: the lines before it)."""
+
+    rule: int
+    line: bytes
+    before: list[bytes]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Exited(InstanceMessage):
+    """The run is over: the process exited (``code``) or never started (``failure``), its output was read to
+    the end, and none of its processes remain."""
+
+    code: int | None
+    failure: str | None
+
+
+# ---------------------------------------------------------------- from the engine and its timers
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Poke(Message):
+    """Something changed around the service (a neighbour's state): evaluate again."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class BackoffDone(Message):
+    """The back-off delay numbered ``token`` has passed (stale if the service moved on meanwhile)."""
+
+    token: int
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Shutdown(Message):
+    """The stack is stopping."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Replace(Message):
+    """Reload: the service's new unit and plan; ``restart`` when what it runs changed."""
+
+    unit: ResolvedUnit
+    splan: ServicePlan
+    restart: bool
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Remove(Message):
+    """Reload: the unit is gone; stop and end the runner."""
+
+
+# ---------------------------------------------------------------- requests of a user
+
+@dataclass(frozen=True, slots=True, eq=False)
+class StartRequest(Message):
+    pass
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class StopRequest(Message):
+    pass
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RestartRequest(Message):
+    pass

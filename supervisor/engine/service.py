@@ -1,0 +1,389 @@
+"""A service's state machine: its state, its restart policy and its reaction to every message.
+
+Each service has one runner task and one mailbox; every event (its process started, became ready, printed an
+error line, exited; a user asked to stop it; a neighbour changed state) is a message handled in order by
+:meth:`Service.handle`, so no two tasks ever race on a service's state. The machine does no I/O itself: it
+asks its :class:`~supervisor.engine.instance.ServiceHost` to launch, stop or kill a run, and it asks the stack
+(:class:`StackView`) about its neighbours.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import anyio
+
+from supervisor.engine import messages as m
+from supervisor.engine import requests
+from supervisor.engine.instance import Instance, ServiceHost, StackView
+from supervisor.engine.mailbox import Mailbox
+from supervisor.engine.policy import GiveUp, RestartPolicy, Settle
+from supervisor.engine.rules import RuleReport, RuleWindow
+from supervisor.engine.states import REQUESTED, RESTARTING, DepVerdict, Hold, ServiceState, StopReason
+from supervisor.protocol import service_status
+
+if TYPE_CHECKING:
+    from supervisor.config.spec import UnitSpec
+    from supervisor.plan.resolve import ResolvedUnit
+    from supervisor.plan.result import ServicePlan
+    from supervisor.protocol import ServiceStatus
+
+S = ServiceState
+
+
+class Service:
+    """Runtime state of one service and its runner (the only code that changes that state)."""
+
+    def __init__(self, stack: StackView, unit: ResolvedUnit, splan: ServicePlan,
+                 host: Callable[[Service], ServiceHost]) -> None:
+        self.stack = stack
+        self.name = unit.name
+        self.unit = unit
+        self.splan = splan
+        self.state = S.WAITING if splan.enabled else S.DISABLED
+        self.mailbox = Mailbox()
+        self.hold: Hold | None = None
+        self.restarts = 0
+        self.policy = RestartPolicy(unit.spec.restart)
+        self.backoff_token = 0
+        self.inst: Instance | None = None
+        self.instances = 0
+        self.exit_code: int | None = None
+        self.last_error: str | None = None
+        self.ready_after: float | None = None
+        self.state_since = stack.clock()
+        self.rule_hits = [RuleWindow(r) for r in unit.rules]
+        # made only when someone waits (two events per service add up in a stack of hundreds)
+        self._finished: anyio.Event | None = None
+        self._changed: anyio.Event | None = None
+        self.done = False                     # the runner has returned
+        self.removed = False
+        self.host = host(self)
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def spec(self) -> UnitSpec:
+        return self.unit.spec
+
+    @property
+    def changed(self) -> anyio.Event:
+        """Set at the next state change (a new event after each)."""
+        if self._changed is None:
+            self._changed = anyio.Event()
+        return self._changed
+
+    @property
+    def finished(self) -> anyio.Event:
+        """Set once the runner has returned."""
+        if self._finished is None:
+            self._finished = anyio.Event()
+            if self.done:
+                self._finished.set()
+        return self._finished
+
+    def post(self, msg: m.Message) -> None:
+        self.mailbox.put(msg)
+
+    def set_state(self, state: ServiceState, message: str | None = None) -> None:
+        if state == self.state and message is None:
+            return
+        prev, self.state = self.state, state
+        self.state_since = self.stack.clock()
+        self.stack.record(self, prev, message)
+        ev, self._changed = self._changed, None
+        if ev is not None:
+            ev.set()
+        self.stack.poke_neighbours(self.name)
+
+    # ------------------------------------------------------------------ the runner
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            self.host.bind(tg)
+            self.post(m.Poke())
+            try:
+                while True:
+                    msg = await self.mailbox.get()
+                    try:
+                        self.handle(msg)
+                    except Exception as e:  # a bug must not take the stack down silently
+                        self.stack.say(f"{self.name}: internal error handling {_kind(msg)}: "
+                                       f"{type(e).__name__}: {e}")
+                    if self.finished_running():
+                        break
+            finally:
+                self.mailbox.close()   # later messages are dropped
+            tg.cancel_scope.cancel()
+        self.done = True
+        if self._finished is not None:
+            self._finished.set()
+
+    def finished_running(self) -> bool:
+        """Whether the runner has nothing left to do (the stack stops, or the unit was removed)."""
+        if self.inst is not None:
+            return False
+        return (self.stack.shutting_down and self.state != S.STOPPING) or self.removed
+
+    def handle(self, msg: m.Message) -> None:
+        if isinstance(msg, m.InstanceMessage) and msg.inst is not self.inst:
+            return  # a message from an earlier run
+        match msg:
+            case m.Poke():
+                self.evaluate()
+            case m.Resolved(unit=unit):
+                self.take_unit(unit)
+            case m.Spawned(inst=inst):
+                self._on_spawned(inst)
+            case m.Ready(inst=inst):
+                self._on_ready(inst)
+            case m.ReadyTimeout(inst=inst, why=why):
+                self._on_ready_timeout(inst, why)
+            case m.RuleHit(inst=inst, rule=idx, line=line, before=before):
+                self._on_rule(inst, idx, line, before)
+            case m.Exited(inst=inst, code=code, failure=failure):
+                self._on_exit(inst, code, failure)
+            case m.BackoffDone(token=token):
+                self._on_backoff_done(token)
+            case m.StartRequest():
+                requests.start(self)
+            case m.StopRequest():
+                requests.stop(self)
+            case m.RestartRequest():
+                requests.restart(self)
+            case m.Shutdown():
+                self.backoff_token += 1
+                self.evaluate()
+            case m.Replace(unit=unit, splan=splan, restart=restart):
+                requests.replace(self, unit, splan, restart)
+            case m.Remove():
+                self.removed = True
+                self.evaluate()
+            case _:
+                raise TypeError(f"unknown message {msg!r}")
+
+    def evaluate(self) -> None:
+        """Decide what to do now: start, keep waiting, fail because of a dependency, or stop for one."""
+        stack = self.stack
+        if self.state == S.DISABLED and not self.removed:
+            return
+        if stack.shutting_down or self.removed:
+            if self.inst is None:
+                if self.state not in (S.FAILED, S.DISABLED):
+                    self.set_state(S.STOPPED)
+                return
+            if not self.inst.terminating and not stack.dependents_running(self.name):
+                self.begin_stop(StopReason.SHUTDOWN if stack.shutting_down else StopReason.RELOAD)
+            return
+        if self.inst is not None:
+            if self.inst.terminating:
+                return
+            for d in stack.requires(self.name):
+                dep = stack.service(d)
+                if dep.state == S.FAILED:
+                    self.last_error = f"requires {d}, which failed"
+                    self.begin_stop(StopReason.DEP_FAIL)
+                    return
+                if dep.hold is Hold.USER:
+                    self.begin_stop(StopReason.DEP_WAIT)
+                    return
+            return
+        if self.state == S.BACKOFF or self.hold is not None:
+            return
+        verdict, why = stack.deps_verdict(self.name)
+        if verdict is DepVerdict.FAIL:
+            self.last_error = why
+            if self.state != S.FAILED:
+                self.set_state(S.FAILED, why)
+        elif verdict is DepVerdict.WAIT:
+            if self.state != S.WAITING:
+                self.set_state(S.WAITING, why)
+        else:
+            self.launch()
+
+    # ------------------------------------------------------------------ start
+
+    def launch(self) -> None:
+        self.instances += 1
+        inst = Instance(self.instances)
+        self.inst = inst
+        self.exit_code = None
+        self.set_state(S.PREPARING if self.spec.prepare else S.STARTING)
+        self.host.launch(inst)
+
+    def take_unit(self, unit: ResolvedUnit) -> None:
+        """A newly resolved unit (at each start, and on reload): rule windows start afresh."""
+        self.unit = unit
+        self.policy.spec = unit.spec.restart
+        self.rule_hits = [RuleWindow(r) for r in unit.rules]
+
+    def _on_spawned(self, inst: Instance) -> None:
+        if self.state != S.STARTING:
+            self.set_state(S.STARTING, f"pid {inst.pid}")
+        else:
+            self.stack.record(self, S.STARTING, f"pid {inst.pid}")
+        if inst.terminating:   # a stop arrived while preparing
+            self.host.stop(inst, self._stop_timeout())
+
+    def _on_ready(self, inst: Instance) -> None:
+        if inst.terminating:
+            return
+        now = self.stack.clock()
+        inst.ready_at = now
+        self.ready_after = now - (inst.spawned_at or now)
+        self.last_error = None
+        self.set_state(S.READY, f"after {self.ready_after:.3f}s")
+
+    def _on_ready_timeout(self, inst: Instance, why: str) -> None:
+        if inst.terminating:
+            return
+        msg = f"not ready within {self.unit.ready.timeout:g}s: {why}"
+        self.last_error = msg
+        self.stack.say(f"{self.name}: {msg}")
+        self.begin_stop(StopReason.READY_TIMEOUT, failure=msg)
+
+    def _on_rule(self, inst: Instance, idx: int, line: bytes, before: list[bytes]) -> None:
+        rule = self.unit.rules[idx]
+        if not self.rule_hits[idx].hit(self.stack.clock()):
+            return
+        report = RuleReport.of(self.name, rule, line, before)
+        self.stack.say(report.text)
+        self.host.log_line(report.log_line)
+        if rule.action == "warn" or inst.terminating:
+            return
+        self.last_error = report.summary
+        if rule.action == "abort":
+            self.stack.abort(f"{self.name}: {report.summary}")
+        elif rule.action == "restart":
+            self.begin_stop(StopReason.RULE_RESTART, failure=report.summary)
+        elif rule.action == "fail":
+            self.begin_stop(StopReason.RULE_FAIL, failure=report.summary)
+
+    # ------------------------------------------------------------------ stop
+
+    def _stop_timeout(self) -> float:
+        timeout = self.spec.stop.timeout
+        if self.stack.shutting_down:
+            timeout = max(0.0, min(timeout, self.stack.budget_left()))
+        return timeout
+
+    def begin_stop(self, reason: StopReason, failure: str | None = None) -> None:
+        inst = self.inst
+        if inst is None:
+            return
+        if inst.terminating:
+            if reason in (StopReason.SHUTDOWN, StopReason.USER):
+                inst.stop_reason = reason
+            return
+        inst.terminating = True
+        inst.stop_reason = reason
+        inst.failure = failure
+        self.set_state(S.STOPPING, reason)
+        self.host.stop(inst, self._stop_timeout())
+
+    def kill_now(self) -> None:
+        inst = self.inst
+        if inst is None:
+            return
+        if inst.pid is not None:
+            inst.terminating = True
+        self.host.kill(inst)
+
+    # ------------------------------------------------------------------ exit
+
+    def _on_exit(self, inst: Instance, code: int | None, failure: str | None) -> None:
+        self.inst = None
+        self.exit_code = code
+        now = self.stack.clock()
+        reason = inst.stop_reason
+        failure = failure or inst.failure
+        ready_for = now - inst.ready_at if inst.ready_at else 0.0
+        stack = self.stack
+        if failure and reason not in REQUESTED:
+            self.last_error = failure
+        elif code not in (0, None) and reason is None:
+            assert code is not None
+            self.last_error = f"exited with code {code}" + (f" (signal {code - 128})" if code > 128 else "")
+        what = f"exit code {code}" if code is not None else (failure or "not started")
+        if not self.splan.enabled and not self.removed:   # a reload disabled it while it ran
+            self.set_state(S.DISABLED, what)
+            return
+        if stack.shutting_down or reason is StopReason.SHUTDOWN or self.removed:
+            self.set_state(S.FAILED if self.state == S.FAILED else S.STOPPED, what)
+            self.evaluate()
+            return
+        if reason is StopReason.USER:
+            self.set_state(S.STOPPED, what)
+            return
+        if reason in RESTARTING:
+            if reason is StopReason.RESTART:
+                self.policy.delay = self.spec.restart.delay
+            self.set_state(S.WAITING, what)
+            self.evaluate()
+            return
+        if reason is StopReason.DEP_FAIL:
+            self.set_state(S.FAILED, self.last_error)
+            return
+        if reason is StopReason.RULE_FAIL:
+            self.hold = Hold.FAILED
+            self.set_state(S.FAILED, self.last_error)
+            return
+        failed = failure is not None or code != 0 or reason in (StopReason.READY_TIMEOUT, StopReason.RULE_RESTART)
+        if inst.pid is None and failure is not None:
+            stack.say(f"{self.name}: start failed: {failure}")
+        elif failed and reason is None:
+            stack.say(f"{self.name}: exited with code {code}"
+                      + (f" (killed by {_signame(code - 128)})" if code and code > 128 else ""))
+        decision = self.policy.decide(now=now, failed=failed, ready_for=ready_for,
+                                      forced=reason is StopReason.RULE_RESTART, jitter=stack.jitter())
+        if isinstance(decision, Settle):
+            if decision.failed:
+                self.hold = Hold.FAILED
+                self.set_state(S.FAILED, self.last_error)
+            else:
+                self.set_state(S.STOPPED, what)
+            return
+        if isinstance(decision, GiveUp):
+            msg = (f"gave up after {decision.max_restarts} restarts within {decision.window:g}s"
+                   + (f"; last error: {self.last_error}" if self.last_error else ""))
+            self.last_error = msg
+            self.hold = Hold.FAILED
+            stack.say(f"{self.name}: {msg}")
+            self.set_state(S.FAILED, msg)
+            if decision.abort:
+                stack.abort(f"{self.name}: {msg}")
+            return
+        self.restarts += 1
+        self.backoff_token += 1
+        self.set_state(S.BACKOFF, f"restart {self.restarts} in {decision.delay:.2f}s")
+        self.host.start_timer(self.backoff_token, decision.delay)
+
+    def _on_backoff_done(self, token: int) -> None:
+        if token != self.backoff_token or self.state != S.BACKOFF:
+            return
+        self.set_state(S.WAITING)
+        self.evaluate()
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> ServiceStatus:
+        now = self.stack.clock()
+        inst = self.inst
+        pid = self.host.live_pid(inst) if inst is not None else None
+        uptime = now - inst.spawned_at if inst is not None and inst.spawned_at is not None else None
+        return service_status(name=self.name, state=self.state, pid=pid, restarts=self.restarts,
+                              uptime_s=uptime, ready_after_s=self.ready_after, exit_code=self.exit_code,
+                              last_error=self.last_error, gpu=self.splan.env.get("CUDA_VISIBLE_DEVICES"))
+
+
+def _kind(msg: m.Message) -> str:
+    return type(msg).__name__
+
+
+def _signame(n: int) -> str:
+    try:
+        return signal.Signals(n).name
+    except ValueError:
+        return f"signal {n}"

@@ -1,0 +1,315 @@
+"""Scan log output for a service's patterns: `PatternSet` (all patterns compiled once) and `LineScanner`.
+
+Patterns are scanned over whole chunks of complete lines with Hyperscan (Python `re` where Hyperscan
+is missing or rejects a pattern), so Python work happens only where a pattern matched; every
+candidate line is then confirmed with the pattern's own `re` on that line alone, so the semantics are
+those of `re.search` per line (see `supervisor.config.patterns`).  Hyperscan is imported only when a
+`PatternSet` needs it: a single literal marker is scanned with `re`, as fast, without Hyperscan's
+resident memory.  A `LineScanner` feeds one byte stream to a `PatternSet` (one scanner per stream:
+it keeps a partial line), with bounded memory for lines without a newline.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Final, Protocol
+
+from supervisor.config.patterns import (
+    PYTHON_ONLY,
+    can_match_empty,
+    chunk_source,
+    compile_line_pattern,
+    hyperscan_source,
+    is_literal,
+)
+
+from .limits import MAX_LINE
+
+_HS_PAD: Final = 16
+_NL: Final = b"\n"
+
+
+class _HyperscanDatabase(Protocol):
+    """The part of `hyperscan.Database` used here (the module has no type stubs)."""
+
+    def scan(self, data: bytes | memoryview, *,
+             match_event_handler: Callable[[int, int, int, int, object], None]) -> None: ...
+
+
+class PatternSet:
+    """All log patterns of one service, compiled once; the index in `patterns` is the pattern id.
+
+    Semantics are exactly those of Python `re.search` on each line (bytes, without its newline):
+    Hyperscan and chunk-wide `re` only find candidate lines fast, and every candidate is confirmed
+    with the pattern's own `re` on that line alone.  A pattern therefore never matches across lines.
+
+    `engine` is "hyperscan", "re" (Hyperscan not importable, or asked for) or "none" (no patterns);
+    `fallback` lists the ids scanned with `re` and `fallback_reasons` says why (Hyperscan's own
+    message: back-references, lookaround, atomic groups, possessive quantifiers, empty matches...).
+    """
+
+    def __init__(self, patterns: Sequence[str | bytes], *, engine: str = "auto") -> None:
+        if engine not in ("auto", "hyperscan", "re"):
+            raise ValueError(f"engine must be auto, hyperscan or re, not {engine!r}")
+        self.patterns: tuple[str | bytes, ...] = tuple(patterns)
+        self._line_res = [compile_line_pattern(p) for p in self.patterns]
+        sources = [chunk_source(rx.pattern) for rx in self._line_res]
+        self.fallback_reasons: dict[int, str] = {}
+        self._db: _HyperscanDatabase | None = None
+        hs_ids: list[int] = []
+        if not self.patterns:
+            self.engine = "none"
+        elif engine == "re":
+            self.engine = "re"
+            self.fallback_reasons = {i: "re engine requested" for i in range(len(sources))}
+        elif engine == "auto" and len(self.patterns) == 1 and is_literal(self._line_res[0].pattern):
+            # One literal marker (`Starting worker`, `^READY `): `re` finds it at memchr-like speed, and
+            # loading Hyperscan would cost every daemon ~5 MiB of resident memory for nothing.
+            self.engine = "re"
+            self.fallback_reasons = {0: "a single literal pattern: re is as fast"}
+            if sources[0].startswith(b"^"):   # find candidates unanchored (fast); lines are confirmed anchored
+                sources[0] = sources[0][1:]
+        else:
+            try:
+                import hyperscan
+            except ImportError:
+                if engine == "hyperscan":
+                    raise
+                self.engine = "re"
+                self.fallback_reasons = {i: "hyperscan is not installed" for i in range(len(sources))}
+            else:
+                self.engine = "hyperscan"
+                hs_ids = self._compile_hyperscan(hyperscan, sources)
+        self.fallback: tuple[int, ...] = tuple(sorted(self.fallback_reasons))
+        self._chunk_res = [(i, re.compile(sources[i], re.MULTILINE)) for i in self.fallback]
+        if self.engine == "hyperscan" and not hs_ids:
+            self.engine = "re"  # every pattern fell back: nothing is left for Hyperscan
+
+    def _compile_hyperscan(self, hs: ModuleType, sources: list[bytes]) -> list[int]:
+        """Compile the patterns Hyperscan accepts (each tried alone) into one block-mode database."""
+        accepted: list[int] = []
+        hs_sources: dict[int, bytes] = {}
+        flags = hs.HS_FLAG_MULTILINE
+        for i, src in enumerate(sources):
+            unsafe = next((s for s in PYTHON_ONLY if s in src), None)
+            if unsafe is not None:
+                self.fallback_reasons[i] = f"{unsafe.decode()!r} means something else to Hyperscan"
+                continue
+            hs_src = hyperscan_source(src)
+            if hs_src is None:
+                self.fallback_reasons[i] = "'$' before the end of the pattern (Hyperscan misses some of those matches)"
+                continue
+            if can_match_empty(self._line_res[i]):
+                self.fallback_reasons[i] = "can match an empty string, which Hyperscan never reports"
+                continue
+            try:
+                probe = hs.Database(mode=hs.HS_MODE_BLOCK)
+                probe.compile(expressions=[hs_src], flags=flags)
+            except hs.error as exc:
+                self.fallback_reasons[i] = str(exc) or type(exc).__name__
+            else:
+                accepted.append(i)
+                hs_sources[i] = hs_src
+        if accepted:
+            db = hs.Database(mode=hs.HS_MODE_BLOCK)
+            db.compile(expressions=[hs_sources[i] for i in accepted], ids=accepted,
+                       flags=[flags] * len(accepted))
+            self._db = db
+        return accepted
+
+    def line_matches(self, pattern_id: int, line: bytes) -> bool:
+        """Whether pattern `pattern_id` matches `line` (the reference semantics)."""
+        return self._line_res[pattern_id].search(line) is not None
+
+    def scan(self, data: bytes, start: int = 0, end: int | None = None) -> list[tuple[int, int, int]]:
+        """Matches in `data[start:end]`, a run of complete lines (the last may lack its newline;
+        `start` must be 0 or just after a newline): a list of (pattern_id, line_start, line_end)
+        as offsets into `data`, line_end excluding the newline, ordered by line then id, each
+        (pattern, line) pair once.  Nothing is copied: callers scan inside a read buffer."""
+        stop = len(data) if end is None else end
+        if self.engine == "none" or start >= stop:
+            return []
+        hits: list[tuple[int, int, int]] = []
+        if self._db is not None:
+            hits.extend(self._scan_hyperscan(self._db, data, start, stop))
+        for pattern_id, chunk_re in self._chunk_res:
+            hits.extend(self._scan_re(pattern_id, chunk_re, data, start, stop))
+        if len(hits) > 1:
+            hits.sort(key=lambda hit: (hit[1], hit[0]))
+        return hits
+
+    def _scan_hyperscan(self, db: _HyperscanDatabase, data: bytes, lo: int, hi: int) -> list[tuple[int, int, int]]:
+        ends: list[tuple[int, int]] = []
+        add = ends.append
+
+        def on_match(pattern_id: int, _start: int, end: int, _flags: int, _ctx: object) -> None:
+            add((pattern_id, end))
+
+        # Hyperscan 5.4 (the PyPI wheel) misses some matches that end at or next to the end of
+        # the buffer in multi-pattern databases, so the lines are always followed by padding:
+        # real bytes of the chunk where there are enough, else a padded copy.
+        terminated = data[hi - 1] == 0x0A
+        if terminated and len(data) - hi >= _HS_PAD:
+            end_at = hi + _HS_PAD
+            buffer = data if lo == 0 and end_at == len(data) else memoryview(data)[lo:end_at]
+        else:
+            buffer = data[lo:hi] + (_NL if not terminated else b"") + _NL * _HS_PAD
+        db.scan(buffer, match_event_handler=on_match)
+        # a match ending on the newline after an unterminated last line still belongs to it
+        limit = hi if terminated else hi + 1
+        if not ends:
+            return []
+        hits: list[tuple[int, int, int]] = []
+        current: dict[int, tuple[int, int]] = {}  # pattern id -> the line its last end fell in
+        seen: set[tuple[int, int]] = set()
+        for pattern_id, end in ends:
+            pos = lo + (end - 1 if end > 0 else 0)
+            if pos >= limit:
+                continue  # in the padding
+            line = current.get(pattern_id)
+            if line is not None and line[0] <= pos < line[1]:
+                continue  # another end offset on a line already handled for this pattern
+            start = max(lo, data.rfind(_NL, lo, pos) + 1)
+            stop = data.find(_NL, pos, hi)
+            if stop < 0:
+                stop = hi
+            current[pattern_id] = (start, stop)
+            if (pattern_id, start) in seen:
+                continue
+            seen.add((pattern_id, start))
+            if self._line_res[pattern_id].search(data[start:stop]) is not None:
+                hits.append((pattern_id, start, stop))
+        return hits
+
+    def _scan_re(self, pattern_id: int, chunk_re: re.Pattern[bytes], data: bytes,
+                 lo: int, hi: int) -> list[tuple[int, int, int]]:
+        """Leftmost-first search over the chunk, then jump to the next line: the first chunk-wide
+        match at or after a line start starts no later than any line-level match, so no line is
+        skipped; each candidate line is confirmed on its own."""
+        line_re = self._line_res[pattern_id]
+        # a match starting at `hi` belongs to a line only when the region ends without a newline
+        limit = hi if data[hi - 1] == 0x0A else hi + 1
+        hits: list[tuple[int, int, int]] = []
+        pos = lo
+        while pos < limit:
+            m = chunk_re.search(data, pos, hi)
+            if m is None:
+                break
+            begin = m.start()
+            if begin >= limit:
+                break
+            start = max(lo, data.rfind(_NL, lo, begin) + 1)
+            stop = data.find(_NL, begin, hi)
+            if stop < 0:
+                stop = hi
+            if line_re.search(data[start:stop]) is not None:
+                hits.append((pattern_id, start, stop))
+            pos = stop + 1
+        return hits
+
+
+class LineScanner:
+    """Feeds a byte stream, chunk by chunk, to a `PatternSet`, line-aware across chunk borders.
+
+    Complete lines are scanned in one go per chunk; the unterminated rest waits for the next chunk
+    (at most `max_line` bytes: a longer line is scanned in `max_line` pieces, each then counting as
+    a line, so a 50 MB line without a newline costs bounded memory).  For each match,
+    `on_match(pattern_id, line, context)` gets the line without its newline and up to
+    `context_lines` lines before it (oldest first), which may come from earlier chunks.
+    """
+
+    def __init__(
+        self,
+        patterns: PatternSet,
+        on_match: Callable[[int, bytes, list[bytes]], None],
+        context_lines: int = 5,
+        max_line: int = MAX_LINE,
+    ) -> None:
+        if max_line < 1:
+            raise ValueError("max_line must be at least 1")
+        self.patterns = patterns
+        self._on_match = on_match
+        self._context_lines = max(0, context_lines)
+        self.max_line = max_line
+        self._partial = bytearray()
+        self._before: deque[bytes] = deque(maxlen=self._context_lines or 1)
+        self.max_buffered = 0  # high-water mark of the partial-line buffer after a feed
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of the unterminated line held now."""
+        return len(self._partial)
+
+    def feed(self, chunk: bytes) -> None:
+        """Scan the lines completed by `chunk`; keep its unterminated end for the next one.  The
+        complete lines inside `chunk` are scanned in place (no copy); only the line joining the
+        previous rest with the start of `chunk` is assembled."""
+        if self.patterns.engine == "none" or not chunk:
+            return
+        first = chunk.find(_NL)
+        if first < 0:
+            self._partial += chunk
+        else:
+            last = chunk.rfind(_NL)
+            lo = 0
+            if self._partial:
+                self._partial += memoryview(chunk)[:first + 1]
+                head = bytes(self._partial)
+                self._partial.clear()
+                self._scan_region(head, 0, len(head))
+                lo = first + 1
+            if lo <= last:
+                self._scan_region(chunk, lo, last + 1)
+            if last + 1 < len(chunk):
+                self._partial += memoryview(chunk)[last + 1:]
+        while len(self._partial) >= self.max_line:
+            piece = bytes(memoryview(self._partial)[:self.max_line])
+            del self._partial[:self.max_line]
+            self._scan_region(piece, 0, len(piece))
+        if len(self._partial) > self.max_buffered:
+            self.max_buffered = len(self._partial)
+
+    def flush(self) -> None:
+        """At EOF: scan the unterminated last line, if any."""
+        if self._partial:
+            block = bytes(self._partial)
+            self._partial.clear()
+            self._scan_region(block, 0, len(block))
+
+    def _scan_region(self, data: bytes, lo: int, hi: int) -> None:
+        """Scan the lines in data[lo:hi] (lo at a line start; hi after a newline or at a line cut)."""
+        for pattern_id, start, stop in self.patterns.scan(data, lo, hi):
+            self._on_match(pattern_id, data[start:stop], self._context(data, lo, start))
+        self._remember(data, lo, hi)
+
+    def _context(self, data: bytes, lo: int, start: int) -> list[bytes]:
+        wanted = self._context_lines
+        lines: list[bytes] = []
+        pos = start
+        while len(lines) < wanted and pos > lo:
+            end = pos - 1  # the newline ending the previous line
+            begin = max(lo, data.rfind(_NL, lo, end) + 1)
+            lines.append(data[begin:end])
+            pos = begin
+        lines.reverse()
+        missing = wanted - len(lines)
+        if missing > 0 and self._before:
+            lines = list(self._before)[-missing:] + lines
+        return lines
+
+    def _remember(self, data: bytes, lo: int, hi: int) -> None:
+        """Keep the last `context_lines` lines of data[lo:hi] for matches in later regions."""
+        if not self._context_lines or hi <= lo:
+            return
+        end = hi - 1 if data[hi - 1] == 0x0A else hi
+        tail: list[bytes] = []
+        while len(tail) < self._context_lines:
+            begin = max(lo, data.rfind(_NL, lo, end) + 1)
+            tail.append(data[begin:end])
+            if begin == lo:
+                break
+            end = begin - 1
+        self._before.extend(reversed(tail))

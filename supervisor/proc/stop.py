@@ -1,0 +1,129 @@
+"""Stopping a service's whole tree: :func:`terminate` signals every member, then SIGKILLs what is left.
+
+Every signal goes to one process seen in a scan and pinned by a pidfd, so a pid number recycled
+between the scan and the kill is never hit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import anyio
+
+from supervisor.proc.proctable import read_stat
+from supervisor.proc.reaper import Child
+from supervisor.proc.tree import member_stats
+
+__all__ = ["terminate"]
+
+_POLL_FIRST = 0.005  # first pause when polling /proc for a tree to vanish; doubles ...
+_POLL_MAX = 0.05  # ... up to this
+_KILL_RESEND = 0.5  # while waiting for SIGKILLed processes to vanish, re-send this often
+_LEADER_RESCAN = 0.25  # while the leader runs, look for new members this often
+
+
+def _signal_pid(pid: int, start: int, sig: int) -> None:
+    """Send ``sig`` to ``pid`` only if it is still the process seen in the scan (same start time).
+
+    A pidfd pins the process, so a pid recycled between scan and kill is never hit.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except (OSError, AttributeError):  # no pidfd support: best effort
+        st = read_stat(pid)
+        if st is not None and st.start == start:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        return
+    try:
+        st = read_stat(pid)
+        if st is not None and st.start == start:
+            signal.pidfd_send_signal(fd, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    finally:
+        os.close(fd)
+
+
+class _Stopper:
+    """State of one :func:`terminate`: which processes were seen as members and which got the
+    current signal. Once seen, a process stays tracked until it is a zombie or gone: a dying
+    process loses its memory map (so its environment tag becomes unreadable) before it turns
+    into a zombie, and it may still hold files and devices (GPU memory) until then."""
+
+    def __init__(self, child: Child) -> None:
+        self.child = child
+        self.tracked: dict[int, int] = {}  # pid -> start time
+        self.signalled: set[tuple[int, int]] = set()
+
+    def live(self) -> dict[int, int]:
+        """Every live member now: a fresh scan plus tracked processes that still run."""
+        for pid, seen in member_stats(self.child).items():
+            self.tracked[pid] = seen.start
+        for pid, start in list(self.tracked.items()):
+            st = read_stat(pid)
+            if st is None or st.start != start or not st.alive:
+                del self.tracked[pid]
+        return dict(self.tracked)
+
+    def send(self, sig: int, live: dict[int, int]) -> None:
+        """Send ``sig`` to every member that has not had it yet."""
+        for pid, start in live.items():
+            if (pid, start) not in self.signalled:
+                self.signalled.add((pid, start))
+                _signal_pid(pid, start, sig)
+
+    async def wait_gone(self, sig: int, deadline: float) -> int | None:
+        """Poll until the leader is reaped and no member is alive (then the leader's exit code), or until
+        ``deadline`` (monotonic) passes (then None); members that appear meanwhile get ``sig``."""
+        pause = _POLL_FIRST
+        while True:
+            if self.child.returncode is None:
+                # the leader runs: wait for its exit (an event), rescanning now and then for members
+                # that appeared meanwhile (they get the signal too)
+                now = time.monotonic()
+                if now >= deadline:
+                    return None
+                with anyio.move_on_after(min(_LEADER_RESCAN, deadline - now)):
+                    await self.child.wait()
+                if self.child.returncode is None:
+                    self.send(sig, self.live())
+                    continue
+            live = self.live()
+            if not live:
+                return self.child.returncode
+            now = time.monotonic()
+            if now >= deadline:
+                return None
+            self.send(sig, live)
+            await anyio.sleep(min(pause, deadline - now))
+            pause = min(pause * 2, _POLL_MAX)
+
+
+async def terminate(child: Child, sig: int, timeout: float) -> int:
+    """Stop ``child``'s whole tree; returns the leader's exit code.
+
+    Sends ``sig`` to the process group and to every member (members that appear later get it
+    too), waits up to ``timeout`` seconds for the leader and all members to be gone (zombies
+    count as gone), then sends SIGKILL to the group and all members (again every 0.5 s) until
+    none remain. Needs the :class:`~supervisor.proc.reaper.Reaper` running. It does not give up on
+    processes that survive SIGKILL (stuck in the kernel); bound it with a cancel scope if that matters.
+    """
+    stopper = _Stopper(child)
+    if child.returncode is None:
+        child.signal_group(sig)
+    stopper.send(sig, stopper.live())
+    code = await stopper.wait_gone(sig, time.monotonic() + timeout)
+    while code is None:
+        if child.returncode is None:
+            child.signal_group(signal.SIGKILL)
+        stopper.signalled.clear()
+        stopper.send(signal.SIGKILL, stopper.live())
+        code = await stopper.wait_gone(signal.SIGKILL, time.monotonic() + _KILL_RESEND)
+    return code

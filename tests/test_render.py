@@ -1,0 +1,55 @@
+"""supervisor.cli.render: the status table's cells, state colours and terminal-safe text (pure functions)."""
+
+from __future__ import annotations
+
+import pytest
+
+from supervisor.cli.render import clean_text, last_error, paint, render_status
+from supervisor.protocol import ServiceState, StackState, service_status, stack_status
+
+
+@pytest.mark.parametrize("text, line", [
+    ("plain", "plain"),
+    ("  padded\n", "padded"),
+    ("two\nlines", "two | lines"),
+    ("crlf\r\nline", "crlf | line"),
+    ("\x1b[31mred\x1b[0m", "?[31mred?[0m"),
+    ("tab\there", "tab?here"),
+    (42, "42"),
+])
+def test_clean_text_is_one_printable_line(text, line):
+    assert clean_text(text) == line
+
+
+def test_last_error_column():
+    assert last_error(service_status(name="a", state="ready")) == "-"
+    assert last_error(service_status(name="a", state="failed", exit_code=3)) == "exited with code 3"
+    assert last_error(service_status(name="a", state="backoff", exit_code=3)) == "-"  # only a failed one
+    assert last_error(service_status(name="a", state="failed", exit_code=3, last_error="boom\nx")) == "boom | x"
+
+
+def test_every_state_has_a_colour_and_unknown_text_is_left_alone():
+    for state in [*ServiceState, *StackState]:
+        assert paint("x", state, True).startswith("\x1b["), state
+        assert paint("x", state, False) == "x"
+    assert paint("x", "nonsense", True) == "x"
+
+
+def test_table_from_the_protocol_shape():
+    payload = {"stack": stack_status(state="ready", pid=7, uptime_s=5.0, name="qa"),
+               "services": [service_status(name="web", state="ready", pid=10, restarts=2, uptime_s=4.0,
+                                           ready_after_s=0.5),
+                            service_status(name="ocr", state="disabled")]}
+    lines = render_status(payload).splitlines()
+    assert lines[0] == "stack ready  pid 7  up 5.0s  1/1 services ready"
+    assert lines[1].split() == ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "READY", "LAST", "ERROR"]
+    assert lines[2].split() == ["web", "ready", "10", "4.0s", "2", "500ms", "-"]
+    assert lines[3].split() == ["ocr", "disabled", "-", "-", "0", "-", "-"]
+
+
+def test_table_tolerates_missing_keys_and_junk_rows():
+    assert render_status({}).splitlines() == ["stack ?  0/0 services ready",
+                                              "NAME  STATE  PID  UPTIME  RESTARTS  READY  LAST ERROR"]
+    lines = render_status({"stack": {}, "services": ["junk", {"name": "a"}]}).splitlines()
+    assert lines[0] == "stack ?  0/1 services ready"
+    assert lines[2].split() == ["a", "?", "-", "-", "0", "-", "-"]
