@@ -314,3 +314,30 @@ def test_reload_restarts_a_service_whose_env_file_changed(tmp_path):
         poll(lambda: b"bonjour" in (tmp_path / "logs" / "reader.log").read_bytes(), 5, "new value used")
     finally:
         assert d.close() == 0
+
+
+def test_a_stop_during_a_restart_answers_both_requests(tmp_path):
+    """`restart base` while base is starting, then `stop base`: the restart is answered at once (refused:
+    the service ended stopped), not after its readiness time-out."""
+    write_units(tmp_path, {"base": f"""
+        command = ["sh", "-c", "echo base {MARK}; exec sleep 300"]
+        [ready]
+        log = "never printed"
+        timeout = "60s"
+        """}, '[stack]\nname = "e2e"\nstop_budget = "10s"\n')
+    d = Daemon(tmp_path)
+    try:
+        d.wait_state("base", "starting", 20)
+        t0 = time.monotonic()
+        restart = subprocess.Popen([PY, "-m", "supervisor", "restart", "base"], cwd=tmp_path,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        poll(lambda: d.service("base").get("restarts") == 0 and (tmp_path / ".qasup" / "events.jsonl").read_text()
+             .count('"state": "starting"') >= 2, 15, "the restart's new run")
+        stop = cli(tmp_path, "stop", "base")
+        assert stop.returncode == 0, stop.stderr
+        out, err = restart.communicate(timeout=15)
+        assert restart.returncode == 1 and "base: stopped" in err, (out, err)
+        assert time.monotonic() - t0 < 15, "the restart waited for its readiness time-out"
+    finally:
+        restart.kill() if "restart" in locals() and restart.poll() is None else None
+        d.close()

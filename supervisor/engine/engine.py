@@ -29,7 +29,7 @@ from supervisor.engine.host import HostContext, ProcessHost, environment_with
 from supervisor.engine.instance import Neighbour, ServiceHost
 from supervisor.engine.policy import jitter as default_jitter
 from supervisor.engine.service import Service
-from supervisor.engine.states import DepVerdict, ServiceState, StackState
+from supervisor.engine.states import DepVerdict, Hold, ServiceState, StackState
 from supervisor.errors import Problems
 from supervisor.logs.echo import Echo
 from supervisor.plan.resolve import ResolvedUnit, resolve_unit
@@ -304,6 +304,11 @@ class Engine:
     def _waits_for_deps(self, svc: Service) -> bool:
         return svc.state == S.WAITING and self.deps_verdict(svc.name)[0] is not DepVerdict.GO
 
+    @staticmethod
+    def _stopped_by_user(svc: Service) -> bool:
+        """A stop came in meanwhile: a start or restart waiting for readiness answers at once (refused)."""
+        return svc.inst is None and svc.state == S.STOPPED and svc.hold is Hold.USER
+
     def _refused(self, svc: Service, what: str) -> Conflict:
         return Conflict(f"{svc.name}: {what}: state {svc.state}" + (f": {svc.last_error}" if svc.last_error else ""))
 
@@ -313,7 +318,8 @@ class Engine:
         svc.post(m.StartRequest())
         await anyio.sleep(0)
         wait = timeout if timeout is not None else svc.unit.ready.timeout + 5
-        await self._settle(svc, lambda s: s.state in (S.READY, S.FAILED) or self._waits_for_deps(s), wait)
+        await self._settle(svc, lambda s: s.state in (S.READY, S.FAILED) or self._waits_for_deps(s)
+                           or self._stopped_by_user(s), wait)
         if svc.state not in (S.READY, S.WAITING):
             raise self._refused(svc, "start failed")
         return {"ok": True, "service": svc.status()}
@@ -344,7 +350,7 @@ class Engine:
 
         def settled(x: Service) -> bool:
             return ((x.state == S.READY and x.instances > before[x.name]) or x.state == S.FAILED
-                    or (x.inst is None and self._waits_for_deps(x)))
+                    or (x.inst is None and self._waits_for_deps(x)) or self._stopped_by_user(x))
 
         with anyio.move_on_after(wait):
             for s in targets:
