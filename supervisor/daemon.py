@@ -19,12 +19,14 @@ import anyio
 import anyio.abc
 
 from supervisor.control.listen import DaemonAlreadyRunning, ListenError
-from supervisor.control.server import ServeInfo, serve
+from supervisor.control.lock import StackLock
+from supervisor.control.server import SOCKET_CHECK_EVERY, ServeInfo, serve
 from supervisor.engine.engine import Engine
 from supervisor.engine.errors import EngineError
 from supervisor.logs.echo import Echo
 from supervisor.plan.result import Plan
 from supervisor.proc.guardian import guardian
+from supervisor.proc.kernel import raise_fd_limit, release_signals
 from supervisor.proc.reaper import Reaper
 from supervisor.protocol import DEFAULT_SOCKET_NAME, MIN_TOKEN_LENGTH, SOCKET_ENV, TOKEN_ENV, Exit, parse_hostport
 
@@ -32,6 +34,10 @@ __all__ = ["HANDLED_SIGNALS", "DaemonOptions", "OptionsError", "run_daemon", "so
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
                    signal.SIGQUIT)
+
+FDS_WANTED = 1024
+FDS_PER_SERVICE = 16
+"""Below ``FDS_WANTED + FDS_PER_SERVICE * services`` open files, ``qasup up`` says that the limit is low."""
 
 Say = Callable[[str], None]
 """How the daemon speaks: one ``[qasup] ...`` message on its stdout (through the echo)."""
@@ -87,34 +93,138 @@ def run_daemon(plan: Plan, options: DaemonOptions) -> int:
 
 async def _main(plan: Plan, options: DaemonOptions) -> int:
     echo = Echo(fd=sys.stdout.fileno())
+    echo.offer("qasup", b"", 0)   # start its writer (and eventfd) now, not when descriptors may have run out
     services_echo = plan.config.stack.echo and options.echo
 
     def say(text: str) -> None:
-        lines = text.count("\n") + 1
-        echo.offer("qasup", f"[qasup] {text}\n".encode("utf-8", "replace"), lines)
+        data = f"[qasup] {text}\n".encode("utf-8", "replace")
+        try:
+            echo.offer("qasup", data, text.count("\n") + 1)
+        except OSError:   # saying something must never take a service's runner down
+            try:
+                os.write(sys.stdout.fileno(), data)
+            except OSError:
+                pass
 
-    code: int = Exit.OK
-    daemon_id = os.urandom(8).hex()
+    stack = plan.config.stack
     try:
-        async with Reaper.open() as reaper, guardian(reaper, daemon_id, say):
-            engine = Engine(plan, reaper, echo=echo if services_echo else None, say=say, planner=options.planner,
-                            daemon_id=daemon_id)
-            async with anyio.create_task_group() as tg:
-                with anyio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
-                    tg.start_soon(_signals, signals, engine, say)
-                    _quiet_wakeup_fd()
-                    try:
-                        await tg.start(_serve_api, engine, socket_path(plan, options), options, say)
-                    except (DaemonAlreadyRunning, ListenError, OSError) as e:
-                        # another daemon on this stack: usage (2); a socket that cannot be made: 1
-                        print(f"qasup: control socket: {e}", file=sys.stderr, flush=True)
-                        tg.cancel_scope.cancel()
-                        return Exit.CONFIG if isinstance(e, DaemonAlreadyRunning) else Exit.FAILED
-                    code = await engine.run()
-                    tg.cancel_scope.cancel()
+        lock = StackLock.acquire(stack.root)
+    except DaemonAlreadyRunning as e:
+        print(f"qasup: {e}", file=sys.stderr, flush=True)
+        echo.close()
+        return Exit.CONFIG
+    code: int = Exit.OK
+    entry_mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    try:
+        with anyio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
+            release_signals()   # held since exec (supervisor/__main__.py): what arrived meanwhile is acted on now
+            try:
+                _quiet_wakeup_fd()
+                _check_fd_limit(len(plan.enabled), say)
+                code = await _run_stack(plan, options, signals, lock, echo if services_echo else None, say)
+            finally:
+                # the handlers go with this block: held again (as they came), a late signal stays pending
+                signal.pthread_sigmask(signal.SIG_SETMASK, entry_mask)
     finally:
+        lock.close()
         echo.close()
     return code
+
+
+async def _run_stack(plan: Plan, options: DaemonOptions, signals: AsyncIterator[int], lock: StackLock,
+                     echo: Echo | None, say: Say) -> int:
+    daemon_id = os.urandom(8).hex()
+    async with Reaper.open() as reaper, guardian(reaper, daemon_id, say):
+        engine = Engine(plan, reaper, echo=echo, say=say, planner=options.planner, daemon_id=daemon_id)
+        state = _StateWatch(engine, say)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_signals, signals, engine, say, state)
+            tg.start_soon(_answer_lock_probes, lock)
+            try:
+                state.server = await tg.start(_serve_api, engine, socket_path(plan, options), options, say)
+            except (DaemonAlreadyRunning, ListenError, OSError) as e:
+                # another daemon on this socket: usage (2); a socket that cannot be made: 1
+                print(f"qasup: control socket: {e}", file=sys.stderr, flush=True)
+                tg.cancel_scope.cancel()
+                return Exit.CONFIG if isinstance(e, DaemonAlreadyRunning) else Exit.FAILED
+            tg.start_soon(state.watch)
+            code = await engine.run()
+            tg.cancel_scope.cancel()
+    return code
+
+
+def _check_fd_limit(services: int, say: Say) -> None:
+    """Raise the open-file limit to the hard limit (supervisord's ``minfds``), and say so when it stays low."""
+    soft, hard = raise_fd_limit()
+    want = FDS_WANTED + FDS_PER_SERVICE * services
+    if 0 <= soft < want:
+        say(f"the open-file limit is {soft} (hard limit {hard}), low for {services} services: qasup wants "
+            f"{want} ({FDS_WANTED} + {FDS_PER_SERVICE} per service); starts that would run out of file "
+            f"descriptors fail (EMFILE). Raise it: ulimit -n {want}, or docker run --ulimit nofile={want}")
+
+
+async def _answer_lock_probes(lock: StackLock) -> None:
+    """Accept (and close at once) what a second ``up`` of this stack connects to the lock to learn our pid."""
+    if lock.sock is None:
+        return
+    while True:
+        await anyio.wait_readable(lock.sock)
+        if not lock.drain():
+            await anyio.sleep(1.0)   # readable but nothing accepted (out of descriptors): do not spin
+
+
+class _StateWatch:
+    """Makes the state folder again when it goes missing (``rm -rf .qasup``), with events.jsonl; the server
+    does the same for the socket. One ``stat`` per :data:`~supervisor.control.server.SOCKET_CHECK_EVERY`
+    seconds, and at once on :meth:`poke` (SIGHUP)."""
+
+    def __init__(self, engine: Engine, say: Say) -> None:
+        self.engine = engine
+        self.say = say
+        self.server: ServeInfo | None = None
+        self._inode: int | None = None
+        self._wake = anyio.Event()
+        self._problem: str | None = None
+
+    def poke(self) -> None:
+        if self.server is not None:
+            self.server.recheck()
+        self._wake.set()
+
+    async def watch(self) -> None:
+        while True:
+            self.check()
+            with anyio.move_on_after(SOCKET_CHECK_EVERY):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+
+    def check(self) -> None:
+        folder = self.engine.state_dir
+        try:
+            inode: int | None = os.stat(folder).st_ino
+        except FileNotFoundError:
+            inode = None
+        except OSError:
+            return
+        if inode is not None and self._inode in (None, inode):
+            self._inode = inode
+            return
+        if inode is None and self._inode is None:
+            return   # not made yet (the engine makes it as it starts)
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            made = os.stat(folder).st_ino
+            self.engine.events.close()
+            self.engine.events.open(folder / "events.jsonl")
+            self._inode = made   # only now: a failed attempt is tried again at the next look
+        except OSError as e:
+            problem = f"the state folder {folder} is gone and cannot be made again: {e.strerror or e}; retrying"
+            if problem != self._problem:
+                self._problem = problem
+                self.say(problem)
+            return
+        self._problem = None
+        self.say(f"the state folder {folder} had gone missing: made it again (events.jsonl starts afresh)")
 
 
 def _quiet_wakeup_fd() -> None:
@@ -131,9 +241,9 @@ async def _serve_api(engine: Engine, path: Path, options: DaemonOptions, say: Sa
                 log=lambda m: say(m if m.startswith("api") else f"api: {m}"), task_status=task_status)
 
 
-async def _signals(signals: AsyncIterator[int], engine: Engine, say: Say) -> None:
-    """SIGINT and SIGTERM shut the stack down (a second SIGINT kills it at once), SIGHUP reloads; the
-    others of :data:`HANDLED_SIGNALS` are said and ignored."""
+async def _signals(signals: AsyncIterator[int], engine: Engine, say: Say, state: _StateWatch) -> None:
+    """SIGINT and SIGTERM shut the stack down (a second SIGINT kills it at once), SIGHUP makes the state folder
+    and socket again if they are gone, and reloads; the others of :data:`HANDLED_SIGNALS` are said and ignored."""
     interrupts = 0
     async with anyio.create_task_group() as tg:
         async for sig in signals:
@@ -147,6 +257,7 @@ async def _signals(signals: AsyncIterator[int], engine: Engine, say: Say) -> Non
             elif sig == signal.SIGTERM:
                 engine.begin_shutdown("SIGTERM")
             elif sig == signal.SIGHUP:
+                state.poke()
                 tg.start_soon(_reload, engine, say)
             else:
                 say(f"{signal.Signals(sig).name} received and ignored")

@@ -232,27 +232,31 @@ def test_context_lines_come_from_earlier_chunks() -> None:
 
 
 def test_each_pattern_line_pair_is_reported_once() -> None:
-    patterns = PatternSet([r"a", r"a+", r"(a)\1"])  # many end offsets per line for each
+    patterns = PatternSet([r"a", r"a+", r"a{,3}a"])  # many end offsets per line for each (the last: RE2)
     scanner, found = collect_scanner(patterns)
     scanner.feed(b"aaaaaaaa\nbbb\naa aa\n")
     assert [(i, line) for i, line, _ in found] == [
         (0, b"aaaaaaaa"), (1, b"aaaaaaaa"), (2, b"aaaaaaaa"), (0, b"aa aa"), (1, b"aa aa"), (2, b"aa aa")]
 
 
-def test_patterns_hyperscan_rejects_fall_back_to_re() -> None:
-    patterns = PatternSet([r"plain", r"(\w+) \1", r"(?<=x)foo", r"^$", r"a{,2}b", r"(?>ab)c"])
+def test_patterns_hyperscan_cannot_take_fall_back_to_re2() -> None:
+    # Back-references, lookaround and atomic groups, which used to fall back to Python `re`, are now
+    # refused (tests/test_patterns_safety.py): what falls back is what Hyperscan would read differently.
+    patterns = PatternSet([r"plain", r"(the|a) (the|a)$|^y", r"(?:^|[^x])foo", r"^$", r"a{,2}b", r"(?:ab)c"])
     if HAVE_HYPERSCAN:
         assert patterns.engine == "hyperscan"
-        assert patterns.fallback == (1, 2, 3, 4, 5)
+        assert patterns.fallback == (1, 3, 4)
         assert PatternSet([r"ok$", r"(a$|b)"]).fallback == (1,)
-        assert "Back-references" in patterns.fallback_reasons[1]
+        assert "'$' before the end" in patterns.fallback_reasons[1]
+        assert "empty string" in patterns.fallback_reasons[3]
     else:
-        assert patterns.engine == "re"
+        assert patterns.engine == "re2"
     data = b"plain text\nthe the\nxfoo\n\nb\nyfoo\nabc\n"
     scanner, found = collect_scanner(patterns)
     scanner.feed(data)
     assert [(i, line) for i, line, _ in found] == reference_hits(patterns.patterns, data)
     assert (3, b"") in [(i, line) for i, line, _ in found]
+    assert (1, b"the the") in [(i, line) for i, line, _ in found]
 
 
 def test_no_patterns_means_no_work() -> None:
@@ -285,7 +289,7 @@ def test_matches_hyperscan_5_4_misses_near_dollar_and_buffer_end_are_found() -> 
         ([r"^a", r"zz"], b"E\tE\ta\txxb  x xx1\t\na"),
         ([r"[^a]b$", r"b$", r"^\W"], b"\tRE \nR\txx\tRxO\t E aOaxO\t\xffRb\n"),
         ([r"a$|b$", r"(b$)", r"zz"], b"x" * 30 + b"\nab\nba\n"),
-        ([r"(a)\1$", r"ok$"], b"aa\nok\naa"),  # re fallback keeps `$` for an unterminated line
+        ([r"a{,1}a$", r"ok$"], b"aa\nok\naa"),  # RE2 fallback keeps `$` for an unterminated line
     ]
     for chosen, data in cases:
         patterns = PatternSet(chosen)
@@ -299,8 +303,8 @@ def test_matches_hyperscan_5_4_misses_near_dollar_and_buffer_end_are_found() -> 
 
 LINE_ALPHABET = st.sampled_from([b"a", b"b", b"x", b" ", b"\xff", b"E", b"R", b"O", b"\t", b"1"])
 HYPOTHESIS_PATTERNS = [
-    r"ab", r"^a", r"b$", r"ERR?OR", r"\bx\b", r"a.*b", r"[0-9]+ ?x", r"(?i)err", r"^\s*$", r"(a|b)\1",
-    r"\xff+a", r"(?<!a)b", r"x{2,}", r"a{,1}x", r"[^a]b$", r"xb$", r"\W$", r"a$|b$", r"E[^x]*O",
+    r"ab", r"^a", r"b$", r"ERR?OR", r"\bx\b", r"a.*b", r"[0-9]+ ?x", r"(?i)err", r"^\s*$", r"(aa|bb)+",
+    r"\xff+a", r"(?:^|[^a])b", r"x{2,}", r"a{,1}x", r"[^a]b$", r"xb$", r"\W$", r"a$|b$", r"E[^x]*O",
 ]
 
 
@@ -311,11 +315,11 @@ HYPOTHESIS_PATTERNS = [
     final_newline=st.booleans(),
     cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=4),
 )
-def test_hyperscan_and_re_find_what_line_by_line_re_finds(
+def test_hyperscan_and_re2_find_what_line_by_line_re_finds(
         lines: list[bytes], chosen: list[str], final_newline: bool, cuts: list[int]) -> None:
     data = b"\n".join(lines) + (b"\n" if final_newline and lines else b"")
     expected = reference_hits(chosen, data)
-    engines = ["re", "auto"] if HAVE_HYPERSCAN else ["re"]
+    engines = ["re2", "auto"] if HAVE_HYPERSCAN else ["re2"]
     for engine in engines:
         patterns = PatternSet(chosen, engine=engine)
         scanner, found = collect_scanner(patterns, max_line=1 << 20)
@@ -360,12 +364,12 @@ def test_rotation_keeps_only_the_given_number_of_backups(tmp_path: Path) -> None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["svc.log", "svc.log.1", "svc.log.2", "svc.log.3"]
     assert path.read_bytes() == b"".join(b"%02d-456789\n" % i for i in range(40, 50))
     assert (tmp_path / "svc.log.3").read_bytes().startswith(b"10-")
-    # a line longer than max_bytes is split; nothing is lost
+    # a line longer than max_bytes is kept whole, in a file of its own (tests/test_log_files.py has more)
     log = RotatingFile(tmp_path / "long.log", 100, 5)
     log.write(b"z" * 250 + b"\n")
     log.close()
-    parts = [tmp_path / "long.log.2", tmp_path / "long.log.1", tmp_path / "long.log"]
-    assert b"".join(p.read_bytes() for p in parts) == b"z" * 250 + b"\n"
+    assert (tmp_path / "long.log").read_bytes() == b"z" * 250 + b"\n"
+    assert not (tmp_path / "long.log.1").exists()
 
 
 def test_zero_backups_truncates_and_zero_max_bytes_never_rotates(tmp_path: Path) -> None:
@@ -688,7 +692,7 @@ def test_a_single_literal_marker_needs_no_hyperscan_and_keeps_its_anchor():
     assert anchored.engine == "re"
     assert [(i, data[a:b]) for i, a, b in anchored.scan(data)] == [(0, b"READY now")]
     assert PatternSet(["Starting worker"]).engine == "re"
-    assert PatternSet(["Starting worker", "CUDA out of memory"]).engine in ("hyperscan", "re")
+    assert PatternSet(["Starting worker", "CUDA out of memory"]).engine in ("hyperscan", "re2")
 
 
 def test_validating_a_pattern_needs_neither_the_log_pipeline_nor_hyperscan() -> None:

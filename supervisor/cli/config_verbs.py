@@ -23,10 +23,11 @@ def overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def plan_request(args: argparse.Namespace, *, check_paths: bool = True) -> PlanRequest:
-    """What the command line asks to plan: ``--config``, the run.sh flags, ``--gpus``."""
+    """What the command line asks to plan: ``--config``, the run.sh flags, ``--gpus``, ``--socket``."""
     return PlanRequest(config=Path(args.config) if getattr(args, "config", None) else None,
                        overrides=MappingProxyType(overrides(args)), gpus=getattr(args, "gpus", None),
-                       check_paths=check_paths)
+                       check_paths=check_paths,
+                       socket=Path(args.socket) if getattr(args, "socket", None) else None)
 
 
 def _report_problems(e: ConfigError) -> int:

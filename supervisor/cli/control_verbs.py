@@ -10,8 +10,8 @@ Exit codes (interface.md):
 =============  ==================================================================================
 status         0 every enabled service (of those named) is ready; 3 some are not; 1 unknown
                service; 4 no daemon answering
-start/stop/    0 done; 1 failed (or unknown service); 4 no daemon
-restart
+start/stop/    0 done; 1 failed, unknown service or no answer within the API's action deadline (504);
+restart        4 no daemon
 logs           0; 1 unknown service; 4 no daemon
 wait-ready     0 ready; 1 timed out, failed, or no daemon by the deadline (1, not 4, so that it
                works as a Docker HEALTHCHECK, where only 0 and 1 are meaningful)
@@ -19,6 +19,9 @@ events         0 when the daemon ends the stream; 4 no daemon
 reload         0 reloaded; 2 new configuration invalid (the old one stays); 1 other failure; 4
 shutdown       0 shutdown begun (with --wait: daemon gone); 1 --wait timed out; 4 no daemon
 =============  ==================================================================================
+
+Every verb also exits 4 when the daemon stays overloaded: a 503 (its connection or stream slots are full)
+is tried again for ``client.BUSY_RETRY_S`` (2 s) with a short back-off first; wait-ready keeps polling.
 """
 
 from __future__ import annotations
@@ -61,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
         return verb(socket_path, args)
     except client.NoDaemon as exc:
         _err(f"{exc}; is `qasup up` running? (choose the socket with --socket or {SOCKET_ENV})")
+        return Exit.NO_DAEMON
+    except client.Overloaded as exc:
+        _err(f"{exc}; try again later")
         return Exit.NO_DAEMON
     except client.ProtocolError as exc:
         _err(f"unexpected answer from the daemon: {exc}")
@@ -228,6 +234,8 @@ def _cmd_shutdown(socket_path: str, args: argparse.Namespace) -> int:
         except client.NoDaemon:
             print("daemon stopped")
             return Exit.OK
+        except client.Overloaded:
+            pass  # still there, and busy
         time.sleep(0.1)
     _err(f"the daemon still answers after {format_duration(args.timeout)}")
     return Exit.FAILED
@@ -247,7 +255,7 @@ def _cmd_wait_ready(socket_path: str, args: argparse.Namespace) -> int:
         try:
             status, payload = client.request(socket_path, "GET", _status_path(args.names),
                                              timeout=max(1.0, min(remaining, 10.0)))
-        except client.NoDaemon as exc:
+        except (client.NoDaemon, client.Overloaded) as exc:
             problem = str(exc)
         else:
             if status != 200 or not isinstance(payload, dict):

@@ -8,10 +8,18 @@ which reach a running daemon only through its socket.
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-from pathlib import Path
+
+# The console script (``qasup up`` as a container's PID 1): block SIGTERM/SIGINT/SIGHUP before the imports below,
+# as supervisor/__main__.py does for ``python -m supervisor`` (why: supervisor.proc.kernel.hold_signals).
+if sys.argv[0].rpartition("/")[2] == "qasup" and "up" in sys.argv[1:]:
+    import _signal  # type: ignore[import-not-found]
+
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, (15, 2, 1))   # supervisor.proc.kernel.HELD_SIGNALS
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 from supervisor.cli.flags import RUNSH_FLAGS
 from supervisor.protocol import DEFAULT_SOCKET_NAME, DEFAULT_STATE_DIR, SOCKET_ENV, Exit
@@ -147,9 +155,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    held = argv is None and "up" in sys.argv[1:]   # then the shutdown signals were blocked at start
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(only=_fast_verb(argv))
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:
+        _release_unless_up(held, None)
+        raise
+    _release_unless_up(held, args.verb)
     if not args.verb:
         parser.print_help()
         return Exit.CONFIG
@@ -166,6 +180,19 @@ def main(argv: list[str] | None = None) -> int:
         return Exit.INTERRUPTED
     except BrokenPipeError:
         return Exit.OK
+
+
+def _release_unless_up(held: bool, verb: str | None) -> None:
+    """``up`` keeps SIGTERM/SIGINT/SIGHUP blocked until the daemon's handlers are installed; any other verb
+    (``qasup logs up``) gets them back at once, and holds them from here on when called as ``main(["up"])``."""
+    if verb != "up" and not held:
+        return   # the common case (``qasup status``): nothing to import
+    from supervisor.proc import kernel
+
+    if verb == "up":
+        kernel.hold_signals()
+    else:
+        kernel.release_signals()
 
 
 def resolve_socket(args: argparse.Namespace) -> Path:

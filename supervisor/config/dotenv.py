@@ -7,7 +7,12 @@ Syntax read (the common subset of docker compose, python-dotenv and shell ``.env
   \\" \\\\ \\$`` (other backslashes stay as written); quoted values may span lines;
 * unquoted values end at the end of the line or at an inline comment (whitespace, then ``#``);
   surrounding whitespace is dropped;
-* no ``${VAR}`` interpolation: values are taken literally (qasup expands ``${...}`` in units, not here).
+* no ``${VAR}`` interpolation: values are taken literally (qasup expands ``${...}`` in units, not here);
+* a NUL byte anywhere is an error (no environment value can hold one).
+
+Only a regular file is read, at most :data:`~supervisor.config.safefile.MAX_FILE_BYTES` (1 MiB) of it, opened
+without blocking: a FIFO, a device (``/dev/zero``), a directory or a larger file is refused with
+:class:`~supervisor.config.safefile.FileRefused` (an ``OSError`` whose text says what the path is).
 
 ``update`` works like QAnything's ``update_or_append_to_env``: every existing ``KEY=`` line (also
 ``export KEY=``) is rewritten in place, keys not present are appended; comments, order, unknown keys
@@ -22,6 +27,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from supervisor.config.safefile import read_regular
 
 __all__ = ["DotenvError", "format_value", "load", "parse", "update"]
 
@@ -61,9 +68,15 @@ def parse(text: str) -> dict[str, str]:
     return {entry.key: entry.value for entry in _scan(text)}
 
 
+def _read(path: str | os.PathLike[str]) -> str:
+    """A dotenv file's text: a regular file of at most 1 MiB, UTF-8 (``UnicodeDecodeError`` otherwise)."""
+    return read_regular(path).decode("utf-8")
+
+
 def load(path: str | os.PathLike[str]) -> dict[str, str]:
-    """``parse`` a file (UTF-8). Raises OSError if it cannot be read, DotenvError if malformed."""
-    text = Path(path).read_text(encoding="utf-8")
+    """``parse`` a file (UTF-8). Raises OSError if it cannot be read (``FileRefused`` if it is not a regular
+    file of at most 1 MiB), DotenvError if malformed."""
+    text = _read(path)
     try:
         return parse(text)
     except DotenvError as exc:
@@ -71,6 +84,9 @@ def load(path: str | os.PathLike[str]) -> dict[str, str]:
 
 
 def _scan(text: str) -> list[_Entry]:
+    nul = text.find("\0")
+    if nul >= 0:
+        raise DotenvError(text.count("\n", 0, nul) + 1, "a NUL byte (\\0): no environment value can hold one")
     entries: list[_Entry] = []
     pos, length, line = 0, len(text), 1
     while pos < length:
@@ -169,7 +185,8 @@ def update(path: str | os.PathLike[str], values: Mapping[str, str]) -> None:
     A missing file is created (mode 0666 less the umask). Existing comments, order, unknown keys,
     mode and (when permitted) owner are kept. A symlink is followed: its target is updated.
     Raises ValueError for a key that is not a shell identifier, DotenvError if the existing file
-    is malformed (it is then left untouched), OSError for I/O errors.
+    is malformed (it is then left untouched), OSError for I/O errors (``FileRefused`` for an existing path
+    that is not a regular file of at most 1 MiB: it is left untouched).
     """
     for key in values:
         if not _WRITABLE_KEY_RE.match(key):
@@ -178,7 +195,7 @@ def update(path: str | os.PathLike[str], values: Mapping[str, str]) -> None:
 
     target = Path(os.path.realpath(path))
     try:
-        text = target.read_text(encoding="utf-8")
+        text = _read(target)   # a FIFO or a device is refused: never waited on, never replaced
         existing = target.stat()
     except FileNotFoundError:
         text, existing = "", None

@@ -13,11 +13,12 @@ The stages: find and read the stack file (:mod:`.files`, :mod:`.stack`), read ea
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from types import MappingProxyType
 
 from supervisor.config.checks import check_static
-from supervisor.config.files import STACK_FILE, check_dropin_folders, find_stack, read_unit
+from supervisor.config.files import STACK_FILE, check_dropin_folders, find_stack, list_unit_files, read_unit
 from supervisor.config.spec import Config, UnitSpec
 from supervisor.config.stack import load_stack
 from supervisor.config.unit import load_unit
@@ -49,19 +50,28 @@ def collect_config(config: Path | None, cwd: Path | None, probs: Problems) -> Co
 
 def _load(config: Path | None, cwd: Path, probs: Problems) -> Config | None:
     root, file = find_stack(config, cwd)
-    if config is not None and file is not None and not file.exists():
+    if config is not None and file is not None and not os.path.lexists(file):
         probs.add(file, "-", "no such file")
         return None
     stack = load_stack(root, file, probs)
     services_dir = stack.path(stack.services)
-    if not services_dir.is_dir():
+    try:
+        is_dir = stat.S_ISDIR(os.stat(services_dir).st_mode)
+    except PermissionError as e:
+        probs.add(file or root, "stack.services", f"{services_dir} cannot be reached: {e.strerror}")
+        return None
+    except (OSError, ValueError):
+        is_dir = False
+    if not is_dir:
         probs.add(file or root, "stack.services", f"{services_dir} is not a folder of unit files")
         return None
-    unit_files = sorted(p for p in services_dir.glob("*.toml") if p.is_file())
+    listed = list_unit_files(services_dir, probs)
+    if listed is None:
+        return None
+    unit_files, broken = listed
     dropin_dirs = [services_dir] + [stack.path(d) for d in stack.dropins]
-    check_dropin_folders(dropin_dirs, {p.stem for p in unit_files}, probs)
+    check_dropin_folders(dropin_dirs, {p.stem for p in unit_files} | broken, probs)
     units: dict[str, UnitSpec] = {}
-    broken: set[str] = set()
     for path in unit_files:
         name = path.stem
         if not NAME_RE.match(name):
@@ -74,7 +84,7 @@ def _load(config: Path | None, cwd: Path, probs: Problems) -> Config | None:
             continue
         data, sources, origins = read
         units[name] = load_unit(name, path, data, probs, sources, origins)
-    if not unit_files:
+    if not unit_files and not broken:
         probs.add(services_dir, "-", "no unit files (*.toml) here")
     check_static(units, probs, broken)
     return Config(stack=stack, units=MappingProxyType(units))

@@ -29,6 +29,8 @@ MISSING: Any = object()
 """The value of a key that the table does not hold (``raw`` returns it; a default that means "leave it out")."""
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NUL = ("contains a NUL byte (\\u0000), which no command, argument, environment value or path can hold "
+        "(in a pattern, write \\x00 to match one)")
 
 
 class Reader:
@@ -49,7 +51,7 @@ class Reader:
 
     def err(self, key: str, message: str) -> None:
         """Report a problem with ``key``, in the file that wrote it."""
-        full = self.key(key)
+        full = self.key(key).replace("\0", "\\0")   # a NUL in a key's name is shown, never written raw
         self.probs.add(file_of(self.origins, full, self.file), full, message)
 
     def raw(self, key: str) -> Any:
@@ -66,6 +68,9 @@ class Reader:
             return default
         if not isinstance(v, kind):
             self.err(key, f"expected {what}, got {typename(v)}")
+            return default
+        if isinstance(v, str) and "\0" in v:
+            self.err(key, _NUL)
             return default
         return v
 
@@ -119,6 +124,10 @@ class Reader:
             return None
         if nonempty and not v:
             self.err(key, "must not be empty")
+            return None
+        nul = next((i for i, x in enumerate(v, 1) if "\0" in x), None)
+        if nul is not None:
+            self.err(key, f"element {nul} {_NUL}")
             return None
         return tuple(v)
 
@@ -174,6 +183,8 @@ class Reader:
                 self.err(f"{key}.{k}", "not a valid environment variable name")
             elif isinstance(v, bool) or not isinstance(v, (str, int, float)):
                 self.err(f"{key}.{k}", f"expected a string, got {typename(v)}")
+            elif isinstance(v, str) and "\0" in v:
+                self.err(f"{key}.{k}", _NUL)
             else:
                 out[k] = v if isinstance(v, str) else str(v)
         return out

@@ -7,6 +7,7 @@ here (their meaning is QAnything's plan's, :mod:`supervisor.plan.qanything`).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -15,8 +16,12 @@ from supervisor.config.files import read_toml
 from supervisor.config.reader import MISSING, Reader
 from supervisor.config.spec import StackSpec
 from supervisor.errors import Problems
+from supervisor.protocol import DEFAULT_SOCKET_NAME, SOCKET_ENV
 
-__all__ = ["PLAN_KEYS", "STACK_KEYS", "load_stack"]
+__all__ = ["PLAN_KEYS", "SOCKET_PATH_MAX", "STACK_KEYS", "check_socket_path", "default_socket", "load_stack"]
+
+SOCKET_PATH_MAX = 107
+"""The longest path (in bytes) a Unix socket can be bound to (``sun_path`` holds 108, a NUL included)."""
 
 STACK_KEYS = {"name", "services", "log_dir", "state_dir", "env_file", "echo", "stop_budget", "banner", "dropins"}
 
@@ -67,3 +72,22 @@ def load_stack(root: Path, file: Path | None, probs: Problems) -> StackSpec:
             if v is not MISSING:
                 plan[k] = v
     return StackSpec(root=root, file=file, plan=MappingProxyType(plan), has_plan_table=pt is not None, **kw)
+
+
+def default_socket(stack: StackSpec) -> Path:
+    """The control socket when none is given: ``<state_dir>/qasup.sock``, absolute from the stack folder."""
+    return stack.path(stack.state_dir) / DEFAULT_SOCKET_NAME
+
+
+def check_socket_path(stack: StackSpec, probs: Problems) -> None:
+    """Report, on ``stack.state_dir``, a default control socket path too long for a Unix socket.
+
+    Only the default socket is a configuration value: a socket given with ``--socket`` or ``$QASUP_SOCKET``
+    is the caller's to leave out of this check (it is checked when ``qasup up`` binds it)."""
+    sock = default_socket(stack)
+    n = len(os.fsencode(sock))
+    if n > SOCKET_PATH_MAX:
+        probs.add(stack.file or stack.root, "stack.state_dir",
+                  f"the control socket {sock} would be {n} bytes long, more than the {SOCKET_PATH_MAX} a Unix "
+                  f"socket path can hold: set [stack] state_dir to a shorter folder (an absolute path such as "
+                  f"/run/qasup), or give `qasup up --socket PATH` or ${SOCKET_ENV} a shorter path")

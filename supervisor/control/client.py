@@ -21,9 +21,20 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import Any
 
-__all__ = ["NoDaemon", "ProtocolError", "RequestFailed", "StreamBroken", "request", "stream_chunks", "stream_lines"]
+__all__ = [
+    "NoDaemon",
+    "Overloaded",
+    "ProtocolError",
+    "RequestFailed",
+    "StreamBroken",
+    "request",
+    "stream_chunks",
+    "stream_lines",
+]
 
 DEFAULT_TIMEOUT = 10.0
+BUSY_RETRY_S = 2.0
+"""How long a request answered 503 (the daemon's connection or stream slots are full) is tried again."""
 _MAX_HEAD = 64 * 1024  # status line + headers
 _MAX_BODY = 256 * 1024 * 1024  # a non-streamed body (logs -n 100000 of long lines stays below)
 
@@ -35,6 +46,16 @@ class NoDaemon(Exception):
         self.socket_path = os.fspath(socket_path)
         self.reason = reason
         super().__init__(f"no qasup daemon answering on {self.socket_path} ({reason})")
+
+
+class Overloaded(Exception):
+    """The daemon kept answering 503 (too many connections or streams) for :data:`BUSY_RETRY_S`."""
+
+    def __init__(self, socket_path: str | os.PathLike[str], reason: str, waited: float) -> None:
+        self.socket_path = os.fspath(socket_path)
+        self.reason = reason
+        super().__init__(f"the qasup daemon on {self.socket_path} is overloaded ({reason}); still refused after "
+                         f"{waited:.1f}s of retries")
 
 
 class ProtocolError(Exception):
@@ -66,9 +87,11 @@ def request(
     ``body`` (any JSON value, or None for no body) is sent as JSON.  ``payload`` is the decoded
     JSON for JSON answers, else the raw bytes.  ``timeout`` bounds the connect and each read
     (None = wait as long as the daemon takes, for actions the daemon bounds itself).
-    Raises ``NoDaemon`` when nothing answers and ``ProtocolError`` on a garbled answer.
+    Raises ``NoDaemon`` when nothing answers, ``Overloaded`` when the daemon answers 503 for
+    :data:`BUSY_RETRY_S` (a 503 means the request was not acted on, so trying again is safe), and
+    ``ProtocolError`` on a garbled answer.
     """
-    with _Exchange(socket_path, method, path, body, timeout) as exchange:
+    with _open(socket_path, method, path, body, timeout) as exchange:
         data = exchange.read_all()
         if exchange.headers.get("content-type", "").startswith("application/json"):
             try:
@@ -84,9 +107,10 @@ def stream_chunks(
     """GET ``path`` and yield the body as it arrives, until the daemon ends it.
 
     Raises ``RequestFailed`` (before yielding anything) when the answer is not 2xx, ``NoDaemon``
-    when nothing answers.  ``timeout`` bounds the connect and the wait for each chunk.
+    when nothing answers, ``Overloaded`` when it stays busy.  ``timeout`` bounds the connect and the
+    wait for each chunk.
     """
-    with _Exchange(socket_path, "GET", path, None, timeout) as exchange:
+    with _open(socket_path, "GET", path, None, timeout) as exchange:
         if not 200 <= exchange.status < 300:
             raise RequestFailed(exchange.status, _error_text(exchange.read_all()))
         yield from exchange.iter_body()
@@ -104,6 +128,29 @@ def stream_lines(
             yield line + b"\n"
     if pending:
         yield pending
+
+
+def _open(
+    socket_path: str | os.PathLike[str], method: str, path: str, body: Any, timeout: float | None
+) -> _Exchange:
+    """An exchange whose answer is not 503, trying again with a short back-off for :data:`BUSY_RETRY_S`."""
+    started = time.monotonic()
+    delay = 0.02
+    while True:
+        exchange = _Exchange(socket_path, method, path, body, timeout)
+        if exchange.status != 503:
+            return exchange
+        try:
+            reason = _error_text(exchange.read_all())
+        except (NoDaemon, ProtocolError):
+            reason = "503 Service Unavailable"
+        finally:
+            exchange.close()
+        waited = time.monotonic() - started
+        if waited >= BUSY_RETRY_S:
+            raise Overloaded(socket_path, reason, waited)
+        time.sleep(min(delay, BUSY_RETRY_S - waited))
+        delay = min(delay * 2, 0.25)
 
 
 def _error_text(data: bytes) -> str:
@@ -180,7 +227,10 @@ class _Exchange:
             )
             if body is not None:
                 head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
-            self.sock.sendall(head.encode("ascii") + b"\r\n" + payload)
+            try:
+                self.sock.sendall(head.encode("ascii") + b"\r\n" + payload)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # answered (503 busy) and closed before reading the request: that answer is still readable
             self._read_head()
         except BaseException:
             self.close()

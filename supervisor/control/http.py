@@ -27,6 +27,7 @@ __all__ = [
     "BUSY_RESPONSE",
     "Answer",
     "Channel",
+    "MAX_JSON_DEPTH",
     "Limits",
     "Reject",
     "Request",
@@ -36,12 +37,16 @@ __all__ = [
     "client_went_away",
     "encode_json",
     "json_object_body",
+    "json_too_deep",
     "parse_bool",
     "parse_target",
 ]
 
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _MAX_QUERY_FIELDS = 16
+_JSON_SPECIAL = re.compile(rb'[\[\]{}"\\]')
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of arrays and objects a request body may have (400 beyond it)."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,9 @@ class Limits:
     max_connections: int = 64  # connections beyond this get 503 and are closed at once
     max_streams: int = 32  # of those, streamed answers (events, logs -f); keeps room for status
     max_log_lines: int = 100_000  # largest ?n= for the logs endpoint
-    follow_buffer_chunks: int = 1024  # followed log chunks queued for a slow reader before we drop it
+    stream_buffer_bytes: int = 256 * 1024  # queued-but-unsent bytes per stream; beyond it the reader skips ahead
+    streams_buffer_bytes: int = 8 * 1024 * 1024  # the same for all streams together; new streams get 503 at it
+    action_deadline: float = 3600.0  # a start/stop/restart not answered by then gets 504 (it may go on)
 
 
 # --------------------------------------------------------------------------- errors and requests
@@ -161,14 +168,49 @@ def check_query(query: dict[str, str], allowed: Sequence[str]) -> None:
             raise Answer(400, f"unknown query parameter {key!r}{hint}")
 
 
+def json_too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether arrays and objects in ``body`` nest deeper than ``limit`` (brackets in strings do not count).
+
+    Linear in the body; decoding it would recurse once per level (RecursionError at ~1000)."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    depth = 0
+    in_string = False
+    escaped = -1  # the position of a character escaped by a backslash
+    for match in _JSON_SPECIAL.finditer(body):
+        pos = match.start()
+        char = body[pos]
+        if in_string:
+            if pos == escaped:
+                continue
+            if char == 0x5C:  # backslash
+                escaped = pos + 1
+            elif char == 0x22:  # quote
+                in_string = False
+        elif char == 0x22:
+            in_string = True
+        elif char in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return False
+
+
 def json_object_body(body: bytes, allowed: Sequence[str]) -> dict[str, Any]:
     """The request body as a JSON object (empty body = {}); Answer(400) if it is anything else."""
     if not body.strip():
         return {}
+    if json_too_deep(body):
+        raise Answer(400, f"the request body nests arrays or objects deeper than {MAX_JSON_DEPTH} levels; "
+                          "send a flat JSON object")
     try:
         value = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise Answer(400, f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:  # not reached after json_too_deep; kept so that no body can crash a request
+        raise Answer(400, "the request body nests too deeply; send a flat JSON object") from None
     if not isinstance(value, dict):
         raise Answer(400, "the request body must be a JSON object")
     for key in value:

@@ -3,7 +3,10 @@
 Each handler validates what it is given (method, query, body, service names) before the controller sees
 it, calls the :class:`~supervisor.control.controller.Controller`, and answers through the connection's
 :class:`~supervisor.control.http.Channel`. A controller's refusal becomes its HTTP status here, any other
-controller failure a 500, so that neither ever costs more than one answer::
+controller failure a 500, so that neither ever costs more than one answer. Every request ends with an
+answer: a service action the controller has not finished within ``Limits.action_deadline`` gets a 504 (the
+action itself may go on), and the streamed answers queue at most ``Limits.stream_buffer_bytes`` for a slow
+reader, which then skips ahead and is told so (:mod:`supervisor.control.streams`)::
 
     GET  /v1/status[?names=a,b]
     POST /v1/services/NAME/start | stop | restart[?with_dependents=1]   (or body {"with_dependents": true})
@@ -15,12 +18,12 @@ controller failure a 500, so that neither ever costs more than one answer::
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
-import anyio.abc
 import h11
 
 from supervisor.control.controller import REFUSALS, Controller, refusal_message, refusal_status
@@ -36,11 +39,13 @@ from supervisor.control.http import (
     parse_bool,
     parse_target,
 )
+from supervisor.control.streams import StreamBuffer, StreamPool
 from supervisor.protocol import NAME_RE
 
 __all__ = ["Routes"]
 
 _SERVICE_ACTIONS = ("start", "stop", "restart")
+_PIECE = 64 * 1024  # the most a streamed answer writes at once (bounds what a stalled write holds)
 _T = TypeVar("_T")
 
 
@@ -53,6 +58,7 @@ class Routes:
         self.limits = limits
         self._token = token.encode("utf-8") if token else None
         self._streams = 0
+        self._pool = StreamPool(limits.streams_buffer_bytes)
 
     async def dispatch(self, ch: Channel, request: Request, is_tcp: bool) -> bool:
         """Answer one request; returns whether the connection may serve another."""
@@ -126,16 +132,21 @@ class Routes:
         allowed = ["with_dependents"] if action == "restart" else []
         check_query(req.query, allowed)
         body = json_object_body(req.body, allowed)
-        if action == "restart":
-            with_dependents = parse_bool(req.query.get("with_dependents", "0"), "with_dependents")
-            from_body = body.get("with_dependents", False)
-            if not isinstance(from_body, bool):
-                raise Answer(400, "with_dependents must be true or false")
-            result = await self._call(self.controller.restart, name, with_dependents or from_body)
-        elif action == "start":
-            result = await self._call(self.controller.start, name)
-        else:
-            result = await self._call(self.controller.stop, name)
+        deadline = self.limits.action_deadline
+        with anyio.move_on_after(deadline) as scope:
+            if action == "restart":
+                with_dependents = parse_bool(req.query.get("with_dependents", "0"), "with_dependents")
+                from_body = body.get("with_dependents", False)
+                if not isinstance(from_body, bool):
+                    raise Answer(400, "with_dependents must be true or false")
+                result = await self._call(self.controller.restart, name, with_dependents or from_body)
+            elif action == "start":
+                result = await self._call(self.controller.start, name)
+            else:
+                result = await self._call(self.controller.stop, name)
+        if scope.cancelled_caught:
+            raise Answer(504, f"{action} {name}: no answer within {deadline:g}s, the control API's limit for an "
+                              f"action; it may still be under way: see `qasup status {name}`")
         await ch.respond_json(200, result)
         return True
 
@@ -182,42 +193,47 @@ class Routes:
     def _take_stream_slot(self) -> None:
         if self._streams >= self.limits.max_streams:
             raise Answer(503, f"too many streaming clients (at most {self.limits.max_streams}); try again")
+        if not self._pool.room(self.limits.stream_buffer_bytes):
+            raise Answer(503, f"the streams to slow readers already hold {self._pool.held} bytes (at most "
+                              f"{self._pool.cap}); try again")
         self._streams += 1
+
+    def _buffer(self, marker: Callable[[int, int], bytes]) -> StreamBuffer:
+        return StreamBuffer(self._pool, self.limits.stream_buffer_bytes, marker)
+
+    async def _pump(self, ch: Channel, buffer: StreamBuffer, scope: anyio.CancelScope) -> None:
+        """Write what ``buffer`` queues to the client, a piece at a time (each within the send time-out);
+        cancel ``scope`` once it is finished and empty."""
+        while piece := await buffer.take(_PIECE):
+            await ch.send(h11.Data(data=piece))
+            buffer.release(len(piece))
+        scope.cancel()
+
+    def _budget_text(self) -> str:
+        return f"{self.limits.stream_buffer_bytes // 1024} KiB"
 
     async def _follow_log(self, ch: Channel, name: str, path: Path, n: int) -> bool:
         from supervisor.logs.follow import follow  # imported here: only this endpoint needs it
 
+        def marker(skipped: int, _pieces: int) -> bytes:
+            return (f"[qasup] skipped {skipped} bytes of {name}'s log here: this reader fell more than "
+                    f"{self._budget_text()} behind (the log file still has them)\n").encode()
+
+        buffer = self._buffer(marker)
         await ch.start_stream("text/plain; charset=utf-8")
-        send_chunks, receive_chunks = anyio.create_memory_object_stream[bytes](self.limits.follow_buffer_chunks)
-        overflow = False
-
-        def on_chunk(chunk: bytes) -> None:
-            nonlocal overflow
-            try:
-                send_chunks.send_nowait(bytes(chunk))
-            except anyio.WouldBlock:
-                overflow = True
-                send_chunks.close()
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                pass
-
-        async def pump(tg: anyio.abc.TaskGroup) -> None:
-            async with receive_chunks:
-                async for chunk in receive_chunks:
-                    await ch.send(h11.Data(data=chunk))
-            tg.cancel_scope.cancel()
-
         try:
-            async with send_chunks, anyio.create_task_group() as tg:
+            async with anyio.create_task_group() as tg:
                 tg.start_soon(ch.drain_until_eof, tg.cancel_scope)
-                tg.start_soon(pump, tg)
+                tg.start_soon(self._pump, ch, buffer, tg.cancel_scope)
                 # initial_lines: the last n lines, then what follows, with no gap or overlap.
-                await follow(path, on_chunk, from_end=True, initial_lines=n)
+                await follow(path, buffer.put, from_end=True, initial_lines=n)
                 tg.cancel_scope.cancel()
         finally:
+            buffer.close()
             await ch.end_stream()
-        if overflow:
-            self.log(f"api: {ch.peer}: log follower of {name} read too slowly; dropped")
+            if buffer.skipped_total:
+                self.log(f"api: {ch.peer}: log follower of {name} read too slowly; skipped {buffer.skipped_total} "
+                         f"bytes")
         return False
 
     async def _events(self, ch: Channel, req: Request) -> bool:
@@ -229,16 +245,27 @@ class Routes:
             self._streams -= 1
 
     async def _stream_events(self, ch: Channel) -> bool:
+        def marker(skipped: int, pieces: int) -> bytes:
+            return encode_json({"ts": round(time.time(), 6), "skipped_events": pieces, "skipped_bytes": skipped,
+                                "message": f"this reader fell more than {self._budget_text()} behind: {pieces} "
+                                           "events skipped here (events.jsonl has them all, /v1/status the "
+                                           "current state)"})
+
+        buffer = self._buffer(marker)
         async with self.controller.subscribe_events() as events:
             await ch.start_stream("application/x-ndjson")
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(ch.drain_until_eof, tg.cancel_scope)
+                    tg.start_soon(self._pump, ch, buffer, tg.cancel_scope)
                     async for event in events:
-                        await ch.send(h11.Data(data=encode_json(event)))
-                    tg.cancel_scope.cancel()
+                        buffer.put(encode_json(event))
+                    buffer.finish()  # the pump sends what is queued, then ends the stream
             finally:
+                buffer.close()
                 await ch.end_stream()
+                if buffer.skipped_total:
+                    self.log(f"api: {ch.peer}: events reader read too slowly; skipped {buffer.skipped_total} bytes")
         return False
 
     # ----------------------------------------------------------------- controller calls

@@ -23,7 +23,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -41,6 +41,7 @@ from supervisor.control.listen import (
     require_token,
 )
 from supervisor.control.routes import Routes
+from supervisor.proc.kernel import out_of_fds, out_of_fds_text
 
 __all__ = [
     "Controller",
@@ -52,12 +53,22 @@ __all__ = [
 ]
 
 
+def _nothing() -> None:
+    pass
+
+
 @dataclass(frozen=True)
 class ServeInfo:
-    """Where the server listens; passed to ``task_status.started()``."""
+    """Where the server listens; passed to ``task_status.started()``. ``recheck()`` makes the server look at
+    its socket file now (SIGHUP) instead of at the next periodic check."""
 
     socket_path: Path
     tcp_address: tuple[str, int] | None
+    recheck: Callable[[], None] = field(default=_nothing, compare=False, repr=False)
+
+
+SOCKET_CHECK_EVERY = 1.0
+"""Seconds between two looks (one ``stat``) at the socket file: gone (``rm -rf .qasup``) means bound anew."""
 
 
 def _default_log(message: str) -> None:
@@ -79,42 +90,119 @@ async def serve(
     Raises ``DaemonAlreadyRunning`` when another daemon answers on ``socket_path`` and
     ``ListenError`` when the socket or the TCP listener cannot be set up (for TCP: no token, or
     one shorter than 20 characters).  ``task_status.started()`` receives a ``ServeInfo`` with the
-    actual TCP address (useful with port 0).
+    actual TCP address (useful with port 0).  A socket file (or its folder) deleted while serving is
+    noticed within ``SOCKET_CHECK_EVERY`` seconds (or at ``ServeInfo.recheck()``) and made again.
     """
     socket_path = Path(socket_path)
     if listen is not None:
         require_token(listen, token)
     bound = bind_unix_socket(socket_path)
     unix_sock: socket.socket | None = bound  # closed here unless a listener owns it
-    inode = os.stat(socket_path).st_ino
     tcp_sock: socket.socket | None = None
+    server = _ApiServer(Routes(controller, log, limits, token), log, limits)
+    unix = _UnixSocket(socket_path, server, log)
+    unix.inode = os.stat(socket_path).st_ino
+    tcp_listener: anyio.abc.SocketListener | None = None
     try:
         if listen is not None:
             tcp_sock = bind_tcp_socket(listen)
-        server = _ApiServer(Routes(controller, log, limits, token), log, limits)
         unix_listener = await anyio.abc.SocketListener.from_socket(bound)
         unix_sock = None  # owned by the listener now
-        listeners: list[tuple[anyio.abc.SocketListener, bool]] = [(unix_listener, False)]
         tcp_address = None
         if tcp_sock is not None:
             tcp_address = tcp_sock.getsockname()[:2]
-            listeners.append((await anyio.abc.SocketListener.from_socket(tcp_sock), True))
+            tcp_listener = await anyio.abc.SocketListener.from_socket(tcp_sock)
             tcp_sock = None
         try:
             async with anyio.create_task_group() as tg:
-                for listener, is_tcp in listeners:
-                    tg.start_soon(server.accept_loop, listener, is_tcp, tg)
-                task_status.started(ServeInfo(socket_path, tcp_address))
+                unix.install(unix_listener, unix.inode, tg)
+                if tcp_listener is not None:
+                    tg.start_soon(server.accept_loop, tcp_listener, True, tg)
+                tg.start_soon(unix.watch, tg)
+                task_status.started(ServeInfo(socket_path, tcp_address, recheck=unix.poke))
         finally:
             with anyio.CancelScope(shield=True):
-                for listener, _ in listeners:
-                    await listener.aclose()
+                await unix.close()
+                if tcp_listener is not None:
+                    await tcp_listener.aclose()
     finally:
         if unix_sock is not None:
             unix_sock.close()
         if tcp_sock is not None:
             tcp_sock.close()
-        remove_our_socket(socket_path, inode)
+        remove_our_socket(socket_path, unix.inode)
+
+
+class _UnixSocket:
+    """The Unix socket's listener, and the watch that binds the path anew when its file went missing."""
+
+    def __init__(self, path: Path, server: _ApiServer, log: Callable[[str], None]) -> None:
+        self.path = path
+        self.server = server
+        self.log = log
+        self.inode = -1
+        self.listener: anyio.abc.SocketListener | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._wake = anyio.Event()
+        self._problem: str | None = None   # the last reason it could not be bound anew (said once)
+
+    def install(self, listener: anyio.abc.SocketListener, inode: int, tg: anyio.abc.TaskGroup) -> None:
+        self.listener, self.inode = listener, inode
+        self._scope = scope = anyio.CancelScope()
+
+        async def accept() -> None:
+            with scope:
+                await self.server.accept_loop(listener, False, tg)
+
+        tg.start_soon(accept)
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def _present(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino == self.inode
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True   # cannot tell (EACCES, ...): leave it be
+
+    async def watch(self, tg: anyio.abc.TaskGroup) -> None:
+        while True:
+            with anyio.move_on_after(SOCKET_CHECK_EVERY):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            if not self._present():
+                await self._rebind(tg)
+
+    async def _rebind(self, tg: anyio.abc.TaskGroup) -> None:
+        try:
+            sock = bind_unix_socket(self.path)
+            inode = os.stat(self.path).st_ino
+        except (ListenError, DaemonAlreadyRunning, OSError) as exc:
+            problem = f"api: {self.path} is gone and cannot be made again: {exc}; retrying"
+            if problem != self._problem:
+                self._problem = problem
+                self.log(problem)
+            return
+        self._problem = None
+        old_listener, old_scope = self.listener, self._scope
+        self.install(await anyio.abc.SocketListener.from_socket(sock), inode, tg)
+        if old_scope is not None:
+            old_scope.cancel()
+        if old_listener is not None:
+            with anyio.CancelScope(shield=True):
+                await old_listener.aclose()
+        self.log(f"api: {self.path} had gone missing: listening there again")
+
+    async def close(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+        if self.listener is not None:
+            await self.listener.aclose()
+
+
+_ACCEPT_PAUSE = 0.05
 
 
 class _ApiServer:
@@ -131,17 +219,24 @@ class _ApiServer:
     async def accept_loop(
         self, listener: anyio.abc.SocketListener, is_tcp: bool, tg: anyio.abc.TaskGroup
     ) -> None:
-        """Accept forever; per-connection failures and accept() errors (EMFILE, ...) never end it."""
+        """Accept until the listener is closed; per-connection failures and accept() errors (EMFILE, ...) never
+        end it: it backs off (50 ms doubling to 1 s) and tries again, the socket stays where it is."""
+        pause = _ACCEPT_PAUSE
         while True:
             try:
                 stream = await listener.accept()
+            except anyio.ClosedResourceError:
+                return
             except (OSError, anyio.BrokenResourceError) as exc:  # EMFILE and the like: wait, retry
                 now = time.monotonic()
                 if now - self._last_accept_log > 10.0:
                     self._last_accept_log = now
-                    self.log(f"api: accept failed: {exc}; retrying")
-                await anyio.sleep(0.1)
+                    why = out_of_fds_text(exc) if out_of_fds(exc) else str(exc.__cause__ or exc)
+                    self.log(f"api: cannot accept a connection: {why}; retrying")
+                await anyio.sleep(pause)
+                pause = min(pause * 2, 1.0)
                 continue
+            pause = _ACCEPT_PAUSE
             if self._active >= self.limits.max_connections:
                 tg.start_soon(self._refuse_busy, stream)
             else:

@@ -93,8 +93,10 @@ class Engine:
     # ------------------------------------------------------------------ life cycle
 
     async def run(self) -> int:
+        from supervisor.engine.statedir import make_private_dir  # here: only run() needs it
+
         try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.state_dir, self.say)   # 0700 (events.jsonl is 0600), whatever the umask
             self.events.open(self.state_dir / "events.jsonl")
         except OSError as e:
             self.say(f"cannot write the state folder {self.state_dir}: {e.strerror or e}")

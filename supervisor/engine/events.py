@@ -12,6 +12,8 @@ from typing import IO, Any
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
+from supervisor.engine.statedir import open_private_text
+
 SUBSCRIBER_BUFFER = 1000   # events queued for one subscriber before it is dropped
 
 
@@ -23,8 +25,8 @@ class EventLog:
         self._subscribers: set[MemoryObjectSendStream[dict[str, Any]]] = set()
 
     def open(self, path: Path) -> None:
-        """Append to ``path`` from now on (line-buffered); raises OSError."""
-        self._file = open(path, "a", buffering=1, encoding="utf-8")
+        """Append to ``path`` from now on (line-buffered, mode 0600 whatever the umask); raises OSError."""
+        self._file = open_private_text(path)
 
     def emit(self, event: dict[str, Any]) -> None:
         if self._file is not None:

@@ -28,7 +28,7 @@ from supervisor.logs.follow import follow
 from supervisor.logs.rotate import LogError, RotatingFile
 from supervisor.logs.scan import LineScanner, PatternSet
 from supervisor.proc import contenthash
-from supervisor.proc.kernel import SpawnError
+from supervisor.proc.kernel import SpawnError, fd_shortage, out_of_fds, out_of_fds_text, with_fds_text
 from supervisor.proc.reaper import Child, Reaper
 from supervisor.proc.run import run_to_completion
 from supervisor.proc.stop import terminate
@@ -219,10 +219,9 @@ class ProcessHost:
             last = out.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
             return f"prepare exited {code}: {last[0][:200]}"
         if digest is not None:
-            stamp.parent.mkdir(parents=True, exist_ok=True)
-            tmp = stamp.with_suffix(".tmp")
-            tmp.write_text(digest + "\n")
-            os.replace(tmp, stamp)
+            from supervisor.engine.statedir import make_private_dir, write_private  # 0700 / 0600, whatever the umask
+            make_private_dir(stamp.parent)
+            write_private(stamp, digest + "\n")
         return None
 
     async def _run_process(self, run: _Run, unit: ResolvedUnit) -> tuple[int | None, str | None]:
@@ -254,27 +253,33 @@ class ProcessHost:
         return await self._supervise(run, unit), None
 
     async def _spawn(self, run: _Run, unit: ResolvedUnit) -> str | None:
+        if (shortage := fd_shortage()) is not None:   # out of descriptors: fail, leaving qasup enough to go on
+            return shortage
         try:
             self._open_log(unit)
         except LogError as e:
-            return str(e)
-        read_fd, write_fd = make_pipe()
+            return with_fds_text(str(e), e) if out_of_fds(e) else str(e)
+        try:
+            read_fd, write_fd = make_pipe()
+        except OSError as e:
+            return f"cannot start: {out_of_fds_text(e) if out_of_fds(e) else e} (the output pipe)"
         try:
             run.marker, run.probes = build_probes(
                 unit.ready, lambda argv, timeout: self._run_exec(unit, argv, timeout))
             # taken before the spawn: the child cannot be older than this, so ready_after_s never comes out
             # shorter than what the service itself waited (the daemon may be descheduled after the fork)
             spawned_at = time.monotonic()
-            try:
-                # no PDEATHSIG: the guardian kills the whole stack if qasup dies, and a preexec hook would
-                # make Popen fork the daemon instead of vfork (~15 ms per spawn); in a worker thread, so that
-                # the loop goes on while the child gets to exec (see Reaper.spawn_async)
-                run.child = await self.ctx.reaper.spawn_async(
-                    unit.argv, cwd=unit.cwd, env=self.ctx.environment(unit), stdout=write_fd, stderr=write_fd,
-                    tag=self.name)
-            except SpawnError as e:
-                os.close(read_fd)
+            # no PDEATHSIG: the guardian kills the whole stack if qasup dies, and a preexec hook would
+            # make Popen fork the daemon instead of vfork (~15 ms per spawn); in a worker thread, so that
+            # the loop goes on while the child gets to exec (see Reaper.spawn_async)
+            run.child = await self.ctx.reaper.spawn_async(
+                unit.argv, cwd=unit.cwd, env=self.ctx.environment(unit), stdout=write_fd, stderr=write_fd,
+                tag=self.name)
+        except BaseException as e:
+            os.close(read_fd)
+            if isinstance(e, SpawnError):
                 return str(e)
+            raise
         finally:
             os.close(write_fd)
         run.inst.pid = run.child.pid

@@ -1,10 +1,12 @@
 """Scan log output for a service's patterns: `PatternSet` (all patterns compiled once) and `LineScanner`.
 
-Patterns are scanned over whole chunks of complete lines with Hyperscan (Python `re` where Hyperscan
-is missing or rejects a pattern), so Python work happens only where a pattern matched; every
-candidate line is then confirmed with the pattern's own `re` on that line alone, so the semantics are
-those of `re.search` per line (see `supervisor.config.patterns`).  Hyperscan is imported only when a
-`PatternSet` needs it: a single literal marker is scanned with `re`, as fast, without Hyperscan's
+Patterns are scanned over whole chunks of complete lines with Hyperscan where it takes them, else with
+RE2 (one alternation of all the others), so Python work happens only where a pattern matched; a
+candidate line is confirmed with the pattern's own RE2 translation on that line alone, so the
+semantics are those of Python's `re.search` per line (see `supervisor.config.patterns`).  Both engines
+run in linear time: no pattern and no line can stall the event loop, and Python `re` never runs a
+unit's pattern, except to find a single literal marker (linear too).  Hyperscan is imported only
+when a `PatternSet` needs it: one literal marker is found with `re`, as fast, without Hyperscan's
 resident memory.  A `LineScanner` feeds one byte stream to a `PatternSet` (one scanner per stream:
 it keeps a partial line), with bounded memory for lines without a newline.
 """
@@ -19,11 +21,14 @@ from typing import Final, Protocol
 
 from supervisor.config.patterns import (
     PYTHON_ONLY,
+    Re2Regex,
     can_match_empty,
     chunk_source,
     compile_line_pattern,
     hyperscan_source,
     is_literal,
+    re2_compile,
+    re2_unanchored,
 )
 
 from .limits import MAX_LINE
@@ -42,51 +47,67 @@ class _HyperscanDatabase(Protocol):
 class PatternSet:
     """All log patterns of one service, compiled once; the index in `patterns` is the pattern id.
 
-    Semantics are exactly those of Python `re.search` on each line (bytes, without its newline):
-    Hyperscan and chunk-wide `re` only find candidate lines fast, and every candidate is confirmed
-    with the pattern's own `re` on that line alone.  A pattern therefore never matches across lines.
+    Semantics are exactly those of Python `re.search` on each line (bytes, without its newline), run
+    in linear time: Hyperscan and chunk-wide RE2 find candidate lines fast, and a candidate is
+    confirmed with the pattern's RE2 translation on that line alone.  A pattern never matches
+    across lines.  A pattern no linear-time engine can run raises `PatternError` (`qasup check`
+    refuses it first).
 
-    `engine` is "hyperscan", "re" (Hyperscan not importable, or asked for) or "none" (no patterns);
-    `fallback` lists the ids scanned with `re` and `fallback_reasons` says why (Hyperscan's own
-    message: back-references, lookaround, atomic groups, possessive quantifiers, empty matches...).
+    `engine` is "hyperscan" (the rest, if any, with RE2), "re2" (Hyperscan not importable, or
+    asked for), "re" (a single literal marker, found with `re`) or "none" (no patterns);
+    `fallback` lists the ids scanned without Hyperscan and `fallback_reasons` says why (Hyperscan's
+    own message, empty matches, a `$` before the end...).
     """
 
     def __init__(self, patterns: Sequence[str | bytes], *, engine: str = "auto") -> None:
-        if engine not in ("auto", "hyperscan", "re"):
-            raise ValueError(f"engine must be auto, hyperscan or re, not {engine!r}")
+        if engine not in ("auto", "hyperscan", "re2"):
+            raise ValueError(f"engine must be auto, hyperscan or re2, not {engine!r}")
         self.patterns: tuple[str | bytes, ...] = tuple(patterns)
-        self._line_res = [compile_line_pattern(p) for p in self.patterns]
-        sources = [chunk_source(rx.pattern) for rx in self._line_res]
+        self._lines = [compile_line_pattern(p) for p in self.patterns]
+        sources = [chunk_source(lp.pattern) for lp in self._lines]
         self.fallback_reasons: dict[int, str] = {}
         self._db: _HyperscanDatabase | None = None
+        self._literal: re.Pattern[bytes] | None = None
         hs_ids: list[int] = []
         if not self.patterns:
             self.engine = "none"
-        elif engine == "re":
-            self.engine = "re"
-            self.fallback_reasons = {i: "re engine requested" for i in range(len(sources))}
-        elif engine == "auto" and len(self.patterns) == 1 and is_literal(self._line_res[0].pattern):
-            # One literal marker (`Starting worker`, `^READY `): `re` finds it at memchr-like speed, and
-            # loading Hyperscan would cost every daemon ~5 MiB of resident memory for nothing.
+        elif engine == "re2":
+            self.engine = "re2"
+            self.fallback_reasons = {i: "re2 engine requested" for i in range(len(sources))}
+        elif engine == "auto" and len(self.patterns) == 1 and is_literal(self._lines[0].pattern):
+            # One literal marker (`Starting worker`, `^READY `): `re` finds it at memchr-like speed (a
+            # literal search is linear), and loading Hyperscan would cost every daemon ~5 MiB for nothing.
             self.engine = "re"
             self.fallback_reasons = {0: "a single literal pattern: re is as fast"}
-            if sources[0].startswith(b"^"):   # find candidates unanchored (fast); lines are confirmed anchored
-                sources[0] = sources[0][1:]
+            # find candidates unanchored (fast); lines are confirmed anchored
+            self._literal = re.compile(sources[0].removeprefix(b"^"), re.MULTILINE)
         else:
             try:
                 import hyperscan
             except ImportError:
                 if engine == "hyperscan":
                     raise
-                self.engine = "re"
+                self.engine = "re2"
                 self.fallback_reasons = {i: "hyperscan is not installed" for i in range(len(sources))}
             else:
                 self.engine = "hyperscan"
                 hs_ids = self._compile_hyperscan(hyperscan, sources)
         self.fallback: tuple[int, ...] = tuple(sorted(self.fallback_reasons))
-        self._chunk_res = [(i, re.compile(sources[i], re.MULTILINE)) for i in self.fallback]
+        self._re2_ids: tuple[int, ...] = () if self._literal is not None else self.fallback
+        self._re2 = self._chunk_regex(self._re2_ids)
         if self.engine == "hyperscan" and not hs_ids:
-            self.engine = "re"  # every pattern fell back: nothing is left for Hyperscan
+            self.engine = "re2"  # every pattern fell back: nothing is left for Hyperscan
+
+    def _chunk_regex(self, ids: tuple[int, ...]) -> list[tuple[tuple[int, ...], Re2Regex]]:
+        """What finds candidate lines for the RE2 patterns: one alternation of them all (a single pass
+        over a chunk however many there are), or one regex each if the alternation is too big."""
+        if len(ids) == 1:
+            return [(ids, self._lines[ids[0]].regex)]
+        if ids:
+            union, _err = re2_compile(b"(?m)" + b"|".join(b"(?:" + self._lines[i].re2_body + b")" for i in ids))
+            if union is not None:
+                return [(ids, union)]
+        return [((i,), self._lines[i].regex) for i in ids]
 
     def _compile_hyperscan(self, hs: ModuleType, sources: list[bytes]) -> list[int]:
         """Compile the patterns Hyperscan accepts (each tried alone) into one block-mode database."""
@@ -102,7 +123,7 @@ class PatternSet:
             if hs_src is None:
                 self.fallback_reasons[i] = "'$' before the end of the pattern (Hyperscan misses some of those matches)"
                 continue
-            if can_match_empty(self._line_res[i]):
+            if can_match_empty(self._lines[i].python):
                 self.fallback_reasons[i] = "can match an empty string, which Hyperscan never reports"
                 continue
             try:
@@ -121,8 +142,8 @@ class PatternSet:
         return accepted
 
     def line_matches(self, pattern_id: int, line: bytes) -> bool:
-        """Whether pattern `pattern_id` matches `line` (the reference semantics)."""
-        return self._line_res[pattern_id].search(line) is not None
+        """Whether pattern `pattern_id` matches `line` (the reference semantics, in linear time)."""
+        return self._lines[pattern_id].search(line)
 
     def scan(self, data: bytes, start: int = 0, end: int | None = None) -> list[tuple[int, int, int]]:
         """Matches in `data[start:end]`, a run of complete lines (the last may lack its newline;
@@ -135,8 +156,10 @@ class PatternSet:
         hits: list[tuple[int, int, int]] = []
         if self._db is not None:
             hits.extend(self._scan_hyperscan(self._db, data, start, stop))
-        for pattern_id, chunk_re in self._chunk_res:
-            hits.extend(self._scan_re(pattern_id, chunk_re, data, start, stop))
+        if self._literal is not None:
+            hits.extend(self._scan_literal(self._literal, data, start, stop))
+        for ids, regex in self._re2:
+            hits.extend(self._scan_re2(ids, regex, data, start, stop))
         if len(hits) > 1:
             hits.sort(key=lambda hit: (hit[1], hit[0]))
         return hits
@@ -165,6 +188,7 @@ class PatternSet:
         hits: list[tuple[int, int, int]] = []
         current: dict[int, tuple[int, int]] = {}  # pattern id -> the line its last end fell in
         seen: set[tuple[int, int]] = set()
+        lines = self._lines
         for pattern_id, end in ends:
             pos = lo + (end - 1 if end > 0 else 0)
             if pos >= limit:
@@ -180,33 +204,61 @@ class PatternSet:
             if (pattern_id, start) in seen:
                 continue
             seen.add((pattern_id, start))
-            if self._line_res[pattern_id].search(data[start:stop]) is not None:
+            if lines[pattern_id].search(data[start:stop]):
                 hits.append((pattern_id, start, stop))
         return hits
 
-    def _scan_re(self, pattern_id: int, chunk_re: re.Pattern[bytes], data: bytes,
-                 lo: int, hi: int) -> list[tuple[int, int, int]]:
-        """Leftmost-first search over the chunk, then jump to the next line: the first chunk-wide
-        match at or after a line start starts no later than any line-level match, so no line is
-        skipped; each candidate line is confirmed on its own."""
-        line_re = self._line_res[pattern_id]
+    def _scan_re2(self, ids: tuple[int, ...], regex: Re2Regex, data: bytes,
+                  lo: int, hi: int) -> list[tuple[int, int, int]]:
+        """Leftmost search over the chunk (RE2, GIL released), then jump to the next line: the first
+        chunk-wide match at or after a line start starts no later than any line-level match of any
+        of `ids`, so no line is skipped; the line it starts in is then checked for each of `ids`."""
+        # RE2 sees exactly the region, so `$` matches at its end and `^` `\b` at its start
+        view: bytes | memoryview = data if lo == 0 and hi == len(data) else memoryview(data)[lo:hi]
+        size = hi - lo
         # a match starting at `hi` belongs to a line only when the region ends without a newline
+        limit = size if data[hi - 1] == 0x0A else size + 1
+        anchor = re2_unanchored()
+        lines = self._lines
+        single = len(ids) == 1
+        hits: list[tuple[int, int, int]] = []
+        pos = 0
+        while pos < limit:
+            begin, finish = regex.Match(anchor, view, pos, size)[0]
+            if begin < 0 or begin >= limit:
+                break
+            at = lo + begin
+            start = max(lo, data.rfind(_NL, lo, at) + 1)
+            stop = data.find(_NL, at, hi)
+            if stop < 0:
+                stop = hi
+            if single and lo + finish <= stop:
+                hits.append((ids[0], start, stop))  # the match lies inside the line: it is the line's
+            else:
+                line = data[start:stop]
+                hits.extend((i, start, stop) for i in ids if lines[i].search(line))
+            pos = stop + 1 - lo
+        return hits
+
+    def _scan_literal(self, literal: re.Pattern[bytes], data: bytes,
+                      lo: int, hi: int) -> list[tuple[int, int, int]]:
+        """The single literal marker: the same walk as `_scan_re2`, with `re`'s literal search, which is
+        Python's own reading of the pattern: a find inside one line (at its start, for `^`) is a match."""
+        anchored = self._lines[0].pattern.startswith(b"^")
         limit = hi if data[hi - 1] == 0x0A else hi + 1
         hits: list[tuple[int, int, int]] = []
         pos = lo
         while pos < limit:
-            m = chunk_re.search(data, pos, hi)
-            if m is None:
+            m = literal.search(data, pos, hi)
+            if m is None or m.start() >= limit:
                 break
             begin = m.start()
-            if begin >= limit:
-                break
             start = max(lo, data.rfind(_NL, lo, begin) + 1)
             stop = data.find(_NL, begin, hi)
             if stop < 0:
                 stop = hi
-            if line_re.search(data[start:stop]) is not None:
-                hits.append((pattern_id, start, stop))
+            if m.end() <= stop and (begin == start or not anchored):
+                hits.append((0, start, stop))
             pos = stop + 1
         return hits
 

@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from supervisor.config import dotenv
+from supervisor.config.safefile import MAX_FILE_BYTES, FileRefused
 from supervisor.config.spec import Config, StackSpec
 from supervisor.errors import Problems
 from supervisor.plan import stages
@@ -51,11 +52,21 @@ def plan_inputs(config: Config, overrides: Mapping[str, object]) -> PlanInputs:
     return PlanInputs(**values)
 
 
-def user_ip(stack: StackSpec, environ: Mapping[str, str]) -> str:
-    """``${USER_IP}``: the environment's, else the stack's env file's, else ``localhost``."""
+def user_ip(stack: StackSpec, environ: Mapping[str, str], probs: Problems | None = None) -> str:
+    """``${USER_IP}``: the environment's, else the stack's env file's, else ``localhost``.
+
+    The env file is read here at every plan: one that is there but not a regular file of at most 1 MiB (a FIFO,
+    a device, a directory) is a problem on ``stack.env_file`` (qasup also writes that file at ``up``); one that
+    is missing or malformed is not (it is reported where a unit lists it in ``env_files``)."""
     existing: dict[str, str] = {}
+    path = stack.path(stack.env_file)
     try:
-        existing = dotenv.load(stack.path(stack.env_file))
+        existing = dotenv.load(path)
+    except FileRefused as e:
+        if probs is not None:
+            probs.add(stack.file or stack.root, "stack.env_file", f"the stack's env file {path} {e}: it must be "
+                      f"a regular file of at most {MAX_FILE_BYTES >> 20} MiB (qasup reads it and writes the plan's "
+                      "values to it)")
     except (OSError, ValueError):
         pass
     return environ.get("USER_IP") or existing.get("USER_IP") or "localhost"
@@ -80,7 +91,7 @@ def make_plan(config: Config, overrides: Mapping[str, object], gpus: Sequence[Gp
     facts: Mapping[str, object] = outcome.when_facts() if outcome else {}
     env_out = dict(outcome.env()) if outcome else {}
     # The values ${USER_IP} and friends expand from, beyond what is written to the env file.
-    lookup_extra = {"USER_IP": user_ip(stack, environ)}
+    lookup_extra = {"USER_IP": user_ip(stack, environ, probs)}
     plan_env = {**lookup_extra, **env_out}
 
     services = stages.select_services(config, facts, stages.gpu_ids(outcome, inputs))

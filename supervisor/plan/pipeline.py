@@ -8,7 +8,8 @@ Three named stages, each of which can stop the run:
    :class:`UsageError`;
 3. :func:`plan_stage`: the plan (:func:`supervisor.plan.build.make_plan`); bad run.sh inputs are a
    :class:`UsageError`; then every problem collected so far is raised at once as a
-   :class:`~supervisor.errors.ConfigError`.
+   :class:`~supervisor.errors.ConfigError`. The default control socket's length is checked here too: it
+   is a configuration value only when neither ``--socket`` (``PlanRequest.socket``) nor ``$QASUP_SOCKET`` is set.
 
 Both errors mean exit 2. An infeasible plan is not an error: it is a plan with ``feasible`` False (exit 1).
 """
@@ -24,11 +25,13 @@ from types import MappingProxyType
 
 from supervisor.config.loader import collect_config
 from supervisor.config.spec import Config, StackSpec
+from supervisor.config.stack import check_socket_path
 from supervisor.errors import ConfigError, Problems
 from supervisor.plan import gpu
 from supervisor.plan.build import make_plan, needs_gpu_inventory
 from supervisor.plan.qanything import PlanInputError
 from supervisor.plan.result import Plan
+from supervisor.protocol import SOCKET_ENV
 
 __all__ = ["PlanRequest", "UsageError", "inventory_stage", "load_plan", "load_stage", "plan_stage"]
 
@@ -51,6 +54,7 @@ class PlanRequest:
     check_paths: bool = True        # False (check): requires_paths are not looked for
     environ: Mapping[str, str] | None = None   # QASUP_GPUS and ${NAME}; None: os.environ when planned
     cwd: Path | None = None         # where the stack is looked for; None: the current folder when planned
+    socket: Path | None = None      # --socket; None: $QASUP_SOCKET, else <state_dir>/qasup.sock (length checked)
 
 
 def load_plan(request: PlanRequest) -> Plan:
@@ -98,6 +102,8 @@ def plan_stage(request: PlanRequest, config: Config, inventory: gpu.Inventory, p
                environ: Mapping[str, str]) -> Plan:
     """The plan; raises UsageError for bad inputs, then ConfigError if any problem was found on the way."""
     notes = (f"GPU inventory: {inventory.reason}",) if inventory.reason else ()
+    if request.socket is None and not environ.get(SOCKET_ENV):
+        check_socket_path(config.stack, probs)
     try:
         plan = make_plan(config, request.overrides, inventory.gpus, probs, environ=environ,
                          check_paths=request.check_paths, notes=notes)

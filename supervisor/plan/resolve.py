@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.config import dotenv
+from supervisor.config.safefile import MAX_FILE_BYTES, FileRefused
 from supervisor.config.spec import HttpCheck, LogRule, StackSpec, UnitSpec
 from supervisor.errors import Problems
 from supervisor.protocol import parse_hostport
@@ -95,6 +96,16 @@ def resolve_unit(stack: StackSpec, unit: UnitSpec, plan_env: Mapping[str, str], 
     (``check`` and ``plan`` do not write it, yet the unit must resolve as it will at ``up``).
     """
     n0 = len(probs.items)
+    r = resolve_unit_anyway(stack, unit, plan_env, gpu_env, probs, environ, pending_env_file, env_cache)
+    return None if len(probs.items) > n0 else r
+
+
+def resolve_unit_anyway(stack: StackSpec, unit: UnitSpec, plan_env: Mapping[str, str], gpu_env: Mapping[str, str],
+                        probs: Problems, environ: Mapping[str, str] | None = None,
+                        pending_env_file: Mapping[str, str] | None = None,
+                        env_cache: dict[Any, Any] | None = None) -> ResolvedUnit:
+    """:func:`resolve_unit`, returning the unit even when it has problems (a value that could not be expanded
+    is left as written): for checks across units that must run alongside those problems (log files)."""
     # One snapshot of the environment per call: os.environ decodes on every access (a stack of a
     # thousand units resolves a thousand times); merging plain dicts is cheap.
     env0: dict[str, str] = dict(os.environ if environ is None else environ)
@@ -130,7 +141,12 @@ def resolve_unit(stack: StackSpec, unit: UnitSpec, plan_env: Mapping[str, str], 
         except FileNotFoundError:
             if not is_stack_env:
                 probs.add(unit.file_of("env_files"), "env_files", f"{p}: no such file")
-        except (OSError, ValueError) as e:
+        except FileRefused as e:   # a FIFO, a device, a directory, a file over 1 MiB: never waited on
+            probs.add(unit.file_of("env_files"), "env_files", f"env file {p} {e}: list only regular files of "
+                      f"at most {MAX_FILE_BYTES >> 20} MiB in env_files")
+        except OSError as e:
+            probs.add(unit.file_of("env_files"), "env_files", f"{p}: {e.strerror or e}")
+        except ValueError as e:
             probs.add(unit.file_of("env_files"), "env_files", f"{p}: {e}")
         if is_stack_env and pending_env_file:
             files.update(pending_env_file)
@@ -174,8 +190,6 @@ def resolve_unit(stack: StackSpec, unit: UnitSpec, plan_env: Mapping[str, str], 
         rules.append(LogRule(rule.match, rule.action, rule.count, rule.within, rule.context, msg))
 
     proc_env = {**env0, **files, **unit_env, **gpu_env, "QASUP_SERVICE": unit.name}
-    if len(probs.items) > n0:
-        return None
     return ResolvedUnit(
         spec=unit, argv=argv, cwd=cwd, env=proc_env, log_file=log_file, tail=tail, requires_paths=req_paths,
         prepare_argv=prep_argv, prepare_paths=prep_paths or (), ready=ready, rules=tuple(rules),

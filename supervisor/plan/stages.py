@@ -7,7 +7,8 @@
 3. :func:`check_free_memory`: ``vram_mib`` against each GPU's free memory;
 4. :func:`order_gpu_loaders` and :func:`with_waves`: loaders sharing a GPU start one after another, largest
    first; each service's wave in the start order;
-5. :func:`resolve_enabled`: every enabled unit's ``${NAME}`` expanded and its ``requires_paths`` checked.
+5. :func:`resolve_enabled`: every enabled unit's ``${NAME}`` expanded and its ``requires_paths`` checked; no two
+   of them writing one log file, none tailing a unit's log file (:func:`check_log_files`).
 
 Configuration problems go to the collector (exit 2); reasons the plan cannot run on this machine are returned
 as error lines (exit 1). Pure: nothing here starts or writes anything.
@@ -15,8 +16,11 @@ as error lines (exit 1). Pure: nothing here starts or writes anything.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from supervisor.config.spec import Config, UnitSpec
@@ -24,10 +28,10 @@ from supervisor.errors import Problems
 from supervisor.plan.gpu import GpuInfo
 from supervisor.plan.graph import Graph
 from supervisor.plan.qanything import PlanInputs, PlanOutcome
-from supervisor.plan.resolve import ResolvedUnit, resolve_unit
+from supervisor.plan.resolve import ResolvedUnit, resolve_unit_anyway
 from supervisor.plan.result import ServicePlan
 
-__all__ = ["GpuIds", "Wiring", "check_free_memory", "gpu_ids", "match_when", "order_gpu_loaders",
+__all__ = ["GpuIds", "Wiring", "check_free_memory", "check_log_files", "gpu_ids", "match_when", "order_gpu_loaders",
            "resolve_enabled", "select_services", "wire", "with_waves"]
 
 
@@ -248,14 +252,63 @@ def resolve_enabled(config: Config, services: Mapping[str, ServicePlan], plan_en
     """Every enabled unit resolved (an unknown ``${NAME}`` is a problem) and, with ``check_paths``, the
     ``requires_paths`` that do not exist (``PATH (required by NAME)``)."""
     resolved: dict[str, ResolvedUnit] = {}
+    logs: dict[str, LogPaths] = {}
     missing: list[str] = []
     env_cache: dict[Any, Any] = {}
     for n in sorted(enabled_names(services)):
-        r = resolve_unit(config.stack, config.units[n], plan_env, services[n].env, probs, environ, env_out,
-                         env_cache)
-        if r is None:
+        n0 = len(probs.items)
+        r = resolve_unit_anyway(config.stack, config.units[n], plan_env, services[n].env, probs, environ,
+                                env_out, env_cache)
+        bad = {p.key for p in probs.items[n0:]}   # a path that could not be expanded is not compared
+        logs[n] = (None if "log.file" in bad else r.log_file, () if "log.tail" in bad else r.tail)
+        if bad:
             continue
         resolved[n] = r
         if check_paths:
-            missing += [f"{p} (required by {n})" for p in r.requires_paths if not p.exists()]
+            missing += [f"{p} (required by {n})" for p in r.requires_paths if not os.path.exists(p)]
+    check_log_files(config, logs, probs)
     return resolved, missing
+
+
+LogPaths = tuple[Path | None, tuple[Path, ...]]
+"""A resolved unit's log file (None: unknown) and ``[log] tail`` paths."""
+
+
+def _is_device(path: Path) -> bool:
+    """Whether ``path`` is there and not a regular file or folder (``/dev/null``, ``/dev/full``, a FIFO): units
+    may share one, it has no lines to tear and is never rotated."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return False
+    return not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode))
+
+
+def check_log_files(config: Config, logs: Mapping[str, LogPaths], probs: Problems) -> None:
+    """Two enabled units writing one log file (compared as resolved absolute paths: symbolic links and ``..``
+    followed), and a ``[log] tail`` path that is a unit's log file: problems naming both units. A device such as
+    ``/dev/null`` may be shared."""
+    writers: dict[str, list[str]] = {}
+    for n in sorted(logs):
+        f = logs[n][0]
+        if f is not None and not _is_device(f):
+            writers.setdefault(os.path.realpath(f), []).append(n)
+    for path, names in writers.items():
+        if len(names) < 2:
+            continue
+        explicit = [n for n in names if config.units[n].log.file]   # report where a [log] file was written
+        at = config.units[(explicit or names)[-1]]
+        probs.add(at.file_of("log.file"), "log.file",
+                  f"{path} is the log file of {len(names)} units ({', '.join(names)}): "
+                  "each unit needs its own [log] file (two writers interleave and tear lines, and rotate each "
+                  "other's files)")
+    for n in sorted(logs):
+        u = config.units[n]
+        for t in logs[n][1]:
+            for owner in writers.get(os.path.realpath(t), ()):
+                if owner == n:
+                    why = f"is {n}'s own log file: its lines are scanned already, as qasup writes them"
+                else:
+                    why = (f"is the log file of unit {owner!r} (qasup writes it): units {n!r} and {owner!r} would "
+                           f"share it; to wait on {owner}, use requires or after and {owner}'s [ready]")
+                probs.add(u.file_of("log.tail"), "log.tail", f"{t} {why}")

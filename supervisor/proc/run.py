@@ -14,6 +14,7 @@ from pathlib import Path
 
 import anyio
 
+from supervisor.proc.kernel import SpawnError, out_of_fds, out_of_fds_text
 from supervisor.proc.reaper import Reaper
 from supervisor.proc.stop import terminate
 
@@ -48,7 +49,10 @@ async def run_to_completion(
     ``stop_timeout``). After ``timeout`` seconds the whole tree is terminated the same way and
     :class:`RunTimeout` (a ``TimeoutError``) is raised. Raises :class:`~supervisor.proc.kernel.SpawnError`.
     """
-    read_fd, write_fd = os.pipe()
+    try:
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    except OSError as exc:
+        raise SpawnError(f"cannot start {argv[0]!r}: {out_of_fds_text(exc) if out_of_fds(exc) else exc}") from None
     try:
         try:
             if pdeathsig:

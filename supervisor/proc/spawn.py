@@ -13,7 +13,7 @@ import signal
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from supervisor.proc.kernel import PR_SET_PDEATHSIG, SpawnError, libc_prctl
+from supervisor.proc.kernel import HELD_SIGNALS, PR_SET_PDEATHSIG, SpawnError, libc_prctl, out_of_fds, out_of_fds_text
 from supervisor.proc.proctable import add_tag
 
 __all__ = ["launch_args", "pdeathsig_setup", "popen"]
@@ -42,6 +42,11 @@ def popen(argv: list[str], cwd: str, environ: dict[str, str], stdin: int | None,
     """Fork and exec in a new session; returns the pid, disowned (only the Reaper waits for it)."""
     import subprocess  # here, not at module top: CLI verbs that never spawn skip its import cost
 
+    # a child inherits the forking thread's signal mask across exec: never hand it the signals that `qasup up`
+    # holds during start-up (a worker thread started then would still block them)
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, ()).intersection(HELD_SIGNALS)
+    if held:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
     try:
         child = subprocess.Popen(
             argv,
@@ -61,6 +66,9 @@ def popen(argv: list[str], cwd: str, environ: dict[str, str], stdin: int | None,
         raise SpawnError(f"cannot start {argv[0]!r}: {exc}") from None
     except subprocess.SubprocessError as exc:  # the preexec hook failed
         raise SpawnError(f"cannot start {argv[0]!r}: {exc}") from None
+    finally:
+        if held:
+            signal.pthread_sigmask(signal.SIG_BLOCK, held)
     # Disown: Popen.__del__ and subprocess._cleanup must never waitpid on our pid.
     child.returncode = _DISOWNED
     return child.pid
@@ -88,6 +96,8 @@ def pdeathsig_setup(parent: int) -> Callable[[], None]:
 def _os_error_message(command: str, cwd: str, env: Mapping[str, str], exc: OSError) -> str:
     """A one-line reason why exec (or chdir) failed, naming the path that is at fault."""
     prefix = f"cannot start {command!r}"
+    if out_of_fds(exc):
+        return f"{prefix}: {out_of_fds_text(exc)}"
     if exc.filename is not None and os.fspath(exc.filename) == cwd != command:
         return f"{prefix}: working directory {cwd!r}: {exc.strerror or exc}"
     if isinstance(exc, FileNotFoundError) and "/" not in command:

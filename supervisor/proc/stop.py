@@ -12,6 +12,7 @@ import time
 
 import anyio
 
+from supervisor.proc.kernel import out_of_fds
 from supervisor.proc.proctable import read_stat
 from supervisor.proc.reaper import Child
 from supervisor.proc.tree import member_stats
@@ -33,9 +34,10 @@ def _signal_pid(pid: int, start: int, sig: int) -> None:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
         return
-    except (OSError, AttributeError):  # no pidfd support: best effort
+    except (OSError, AttributeError) as exc:  # no pidfd support (or no descriptor left): best effort
         st = read_stat(pid)
-        if st is not None and st.start == start:
+        if (st is not None and st.start == start) or (st is None and out_of_fds(exc)):
+            # out of descriptors /proc cannot be read either: the pid was seen in a scan a moment ago
             try:
                 os.kill(pid, sig)
             except (ProcessLookupError, PermissionError):

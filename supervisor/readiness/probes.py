@@ -1,37 +1,23 @@
 """Readiness checks: a log marker, HTTP, TCP and exec probes, combined with ``mode = "all" | "any"``.
 
-Probes start fast (50 ms) and back off by half again each try up to the unit's ``interval``, so a service that
-comes up in 300 ms is seen in about 300 ms, and one that loads a model for minutes is not hammered.
-httpx is imported only when an HTTP probe runs (it costs ~50 ms of start-up). A probe of an ``http://`` URL
-uses a transport without a TLS context, so that it does not load OpenSSL (see :mod:`supervisor.lazyssl`);
-``https://`` URLs get httpx's default transport and certificate checks.
+Polled probes (:mod:`supervisor.readiness.base`) start fast and back off to the unit's ``interval``; the HTTP
+probe, with its limits per try, is :mod:`supervisor.readiness.httpprobe`.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 import anyio
 
 from supervisor.plan.resolve import ReadyChecks
+from supervisor.readiness.base import FIRST_PAUSE, GROWTH, Polled, Probe
+from supervisor.readiness.httpprobe import HttpProbe
 
-FIRST_PAUSE = 0.05
-GROWTH = 1.5
+__all__ = ["FIRST_PAUSE", "GROWTH", "ExecProbe", "HttpProbe", "LogMarker", "Polled", "Probe", "TcpProbe",
+           "build_probes", "wait_ready", "why_not_ready"]
 
 ExecRunner = Callable[[Sequence[str], float], Awaitable[int]]
-
-
-class Probe:
-    """One check; ``await probe.wait()`` returns once it passed. ``last_error`` says why it has not."""
-
-    name = "probe"
-    last_error: str | None = None
-    passed = False
-
-    async def wait(self) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
 
 
 class LogMarker(Probe):
@@ -51,76 +37,7 @@ class LogMarker(Probe):
         await self.event.wait()
 
 
-class _Polled(Probe):
-    def __init__(self, interval: float) -> None:
-        self.interval = max(interval, FIRST_PAUSE)
-
-    async def once(self) -> bool:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    async def wait(self) -> None:
-        pause = FIRST_PAUSE
-        while True:
-            try:
-                if await self.once():
-                    return
-            except Exception as e:  # a probe must never kill the engine; report and try again
-                self.last_error = f"{type(e).__name__}: {e}"
-            await anyio.sleep(pause)
-            pause = min(pause * GROWTH, self.interval)
-
-
-class HttpProbe(_Polled):
-    name = "http"
-
-    def __init__(self, url: str, method: str, expect: str | None, interval: float) -> None:
-        super().__init__(interval)
-        self.url, self.method = url, method
-        self.expect = re.compile(expect) if expect else None
-        self._client: Any = None   # an httpx.AsyncClient, made at the first try (httpx is imported then)
-
-    async def once(self) -> bool:
-        import httpx
-
-        if self._client is None:
-            self._client = make_client(httpx, self.url, max(self.interval, 2.0))
-        try:
-            r = await self._client.request(self.method, self.url)
-        except httpx.HTTPError as e:
-            self.last_error = f"{self.method} {self.url}: {type(e).__name__}: {e or 'no answer'}"
-            return False
-        if not 200 <= r.status_code < 300:
-            self.last_error = f"{self.method} {self.url} answered {r.status_code}"
-            return False
-        if self.expect is not None and not self.expect.search(r.text):
-            self.last_error = f"{self.method} {self.url} answered without {self.expect.pattern!r}"
-            return False
-        return True
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-
-def make_client(httpx, url: str, timeout: float):
-    """An httpx client for probing ``url``: for ``http://`` one whose transport has no TLS context.
-
-    httpx's default transport builds an ``ssl.SSLContext`` (and reads certifi's CA bundle) when it is made,
-    whatever the URL; that loads OpenSSL, ~5 MiB of resident memory, to probe ``http://localhost``.  The
-    transport here is httpx's own with its connection pool made without a context (httpcore makes one only
-    for an ``https://`` connection, and this client never makes one: redirects are not followed).
-    """
-    if not url.lower().startswith("http://"):
-        return httpx.AsyncClient(timeout=timeout, trust_env=False)
-    import httpcore
-
-    transport = httpx.AsyncHTTPTransport.__new__(httpx.AsyncHTTPTransport)
-    transport._pool = httpcore.AsyncConnectionPool(ssl_context=None, http1=True, http2=False)
-    return httpx.AsyncClient(timeout=timeout, trust_env=False, transport=transport)
-
-
-class TcpProbe(_Polled):
+class TcpProbe(Polled):
     name = "tcp"
 
     def __init__(self, host: str, port: int, interval: float) -> None:
@@ -138,7 +55,7 @@ class TcpProbe(_Polled):
         return True
 
 
-class ExecProbe(_Polled):
+class ExecProbe(Polled):
     name = "exec"
 
     def __init__(self, argv: Sequence[str], run: ExecRunner, interval: float) -> None:
@@ -193,8 +110,7 @@ async def wait_ready(probes: Sequence[Probe], mode: str) -> None:
     finally:
         with anyio.CancelScope(shield=True):
             for p in probes:
-                if isinstance(p, HttpProbe):
-                    await p.aclose()
+                await p.aclose()
 
 
 def why_not_ready(probes: Sequence[Probe]) -> str:

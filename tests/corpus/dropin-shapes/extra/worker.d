@@ -1,0 +1,1 @@
+description = "also a file"

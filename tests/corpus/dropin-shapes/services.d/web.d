@@ -1,0 +1,1 @@
+description = "a drop-in written as a file, not a folder"
