@@ -102,7 +102,7 @@ def test_http_probe_client_does_not_load_openssl(tmp_path):
             from supervisor import lazyssl
             lazyssl.install()
             import anyio
-            from supervisor.readiness.probes import HttpProbe
+            from supervisor.readiness.httpprobe import HttpProbe
             async def main():
                 p = HttpProbe("http://127.0.0.1:{port}/models", "POST", "ok", 1.0)
                 try:

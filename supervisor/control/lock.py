@@ -10,7 +10,6 @@ Abstract names are per network namespace: two containers that share a stack fold
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import socket
 import struct
@@ -24,7 +23,7 @@ __all__ = ["StackLock", "lock_name"]
 def lock_name(root: Path) -> bytes:
     """The abstract socket name of the stack at ``root`` (71 bytes, well within a Unix socket's 107)."""
     real = os.path.realpath(root)
-    return b"\0qasup:" + hashlib.sha256(os.fsencode(real)).hexdigest().encode()
+    return b"\0qasup:" + _sha256_hex(os.fsencode(real)).encode()
 
 
 class StackLock:
@@ -89,3 +88,12 @@ def holder_pid(name: bytes) -> int | None:
     pid = struct.unpack("3i", creds)[0]
     return pid or None   # 0: the holder lives in a PID namespace that this one cannot see into
 
+
+def _sha256_hex(data: bytes) -> str:
+    """SHA-256 from the interpreter's built-in module: ``hashlib`` would load every built-in hash (and try
+    OpenSSL's), about 240 KiB of resident memory for one digest at start."""
+    try:
+        from _sha2 import sha256  # type: ignore[import-not-found]   # Python >= 3.12
+    except ImportError:
+        from _sha256 import sha256  # type: ignore[import-not-found]   # Python 3.11
+    return str(sha256(data).hexdigest())

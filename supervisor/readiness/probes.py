@@ -12,9 +12,8 @@ import anyio
 
 from supervisor.plan.resolve import ReadyChecks
 from supervisor.readiness.base import FIRST_PAUSE, GROWTH, Polled, Probe
-from supervisor.readiness.httpprobe import HttpProbe
 
-__all__ = ["FIRST_PAUSE", "GROWTH", "ExecProbe", "HttpProbe", "LogMarker", "Polled", "Probe", "TcpProbe",
+__all__ = ["FIRST_PAUSE", "GROWTH", "ExecProbe", "LogMarker", "Polled", "Probe", "TcpProbe",
            "build_probes", "wait_ready", "why_not_ready"]
 
 ExecRunner = Callable[[Sequence[str], float], Awaitable[int]]
@@ -77,6 +76,8 @@ def build_probes(checks: ReadyChecks, run_exec: ExecRunner) -> tuple[LogMarker |
         marker = LogMarker(checks.log)
         probes.append(marker)
     if checks.http:
+        from supervisor.readiness.httpprobe import HttpProbe  # here: only units with an HTTP check need it
+
         probes.append(HttpProbe(checks.http.url, checks.http.method, checks.http.expect, checks.interval))
     if checks.tcp:
         probes.append(TcpProbe(checks.tcp[0], checks.tcp[1], checks.interval))
