@@ -8,6 +8,7 @@ through the socket.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -24,6 +25,14 @@ from supervisor.control.server import SOCKET_CHECK_EVERY, ServeInfo, serve
 from supervisor.engine.engine import Engine
 from supervisor.engine.errors import EngineError
 from supervisor.logs.echo import Echo
+from supervisor.logs.inotify import (
+    IN_DELETE,
+    IN_DELETE_SELF,
+    IN_MOVE_SELF,
+    IN_MOVED_FROM,
+    IN_ONLYDIR,
+    Inotify,
+)
 from supervisor.plan.result import Plan
 from supervisor.proc.guardian import guardian
 from supervisor.proc.kernel import raise_fd_limit, release_signals
@@ -174,9 +183,9 @@ async def _answer_lock_probes(lock: StackLock) -> None:
 
 
 class _StateWatch:
-    """Makes the state folder again when it goes missing (``rm -rf .qasup``), with events.jsonl; the server
-    does the same for the socket. One ``stat`` per :data:`~supervisor.control.server.SOCKET_CHECK_EVERY`
-    seconds, and at once on :meth:`poke` (SIGHUP)."""
+    """Makes the state folder again when it goes missing (``rm -rf .qasup``), with events.jsonl, and has the
+    server do the same for the socket: at each inotify event (a deletion or move in those folders) and at once
+    on :meth:`poke` (SIGHUP), so an idle daemon never wakes up for it."""
 
     def __init__(self, engine: Engine, say: Say) -> None:
         self.engine = engine
@@ -192,11 +201,55 @@ class _StateWatch:
         self._wake.set()
 
     async def watch(self) -> None:
+        """Check at each inotify event in the state folder or the socket's folder (deletions and moves), so an
+        idle daemon never wakes up; without inotify, every SOCKET_CHECK_EVERY seconds."""
+        try:
+            inotify = Inotify()
+        except OSError:
+            await self._poll()
+            return
+        if self.server is not None:
+            self.server.check_every(math.inf)
+        try:
+            while True:
+                self.check()
+                self._watch_folders(inotify)
+                with anyio.CancelScope() as scope:
+                    async with anyio.create_task_group() as tg:
+                        async def woken() -> None:
+                            await self._wake.wait()
+                            scope.cancel()
+                        tg.start_soon(woken)
+                        await anyio.wait_readable(inotify.fileno())
+                        inotify.read_events()
+                        scope.cancel()
+                self._wake = anyio.Event()
+                if self.server is not None:
+                    self.server.recheck()
+        finally:
+            inotify.close()
+
+    def _watch_folders(self, inotify: Inotify) -> None:
+        gone = IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+        folders = {self.engine.state_dir}
+        if self.server is not None:
+            folders.add(self.server.socket_path.parent)
+        for folder in folders:
+            for candidate in (folder, folder.parent):   # the parent: the folder itself may be gone
+                try:
+                    inotify.add_watch(candidate, gone)
+                    break
+                except OSError:
+                    continue
+
+    async def _poll(self) -> None:
         while True:
             self.check()
             with anyio.move_on_after(SOCKET_CHECK_EVERY):
                 await self._wake.wait()
             self._wake = anyio.Event()
+            if self.server is not None:
+                self.server.recheck()
 
     def check(self) -> None:
         folder = self.engine.state_dir

@@ -65,6 +65,9 @@ class ServeInfo:
     socket_path: Path
     tcp_address: tuple[str, int] | None
     recheck: Callable[[], None] = field(default=_nothing, compare=False, repr=False)
+    check_every: Callable[[float], None] = field(default=lambda _s: None, compare=False, repr=False)
+    """Set the period of the socket's own checks (``math.inf``: only at ``recheck()``, when the caller watches
+    the folder with inotify)."""
 
 
 SOCKET_CHECK_EVERY = 1.0
@@ -119,7 +122,8 @@ async def serve(
                 if tcp_listener is not None:
                     tg.start_soon(server.accept_loop, tcp_listener, True, tg)
                 tg.start_soon(unix.watch, tg)
-                task_status.started(ServeInfo(socket_path, tcp_address, recheck=unix.poke))
+                task_status.started(ServeInfo(socket_path, tcp_address, recheck=unix.poke,
+                                               check_every=unix.set_check_every))
         finally:
             with anyio.CancelScope(shield=True):
                 await unix.close()
@@ -144,6 +148,7 @@ class _UnixSocket:
         self.listener: anyio.abc.SocketListener | None = None
         self._scope: anyio.CancelScope | None = None
         self._wake = anyio.Event()
+        self.check_every = SOCKET_CHECK_EVERY
         self._problem: str | None = None   # the last reason it could not be bound anew (said once)
 
     def install(self, listener: anyio.abc.SocketListener, inode: int, tg: anyio.abc.TaskGroup) -> None:
@@ -159,6 +164,10 @@ class _UnixSocket:
     def poke(self) -> None:
         self._wake.set()
 
+    def set_check_every(self, seconds: float) -> None:
+        self.check_every = seconds
+        self._wake.set()
+
     def _present(self) -> bool:
         try:
             return os.stat(self.path).st_ino == self.inode
@@ -169,7 +178,9 @@ class _UnixSocket:
 
     async def watch(self, tg: anyio.abc.TaskGroup) -> None:
         while True:
-            with anyio.move_on_after(SOCKET_CHECK_EVERY):
+            # the daemon pokes this on an inotify event in the socket's folder (no idle wake-ups); the period
+            # is the fallback where inotify is missing
+            with anyio.move_on_after(self.check_every):
                 await self._wake.wait()
             self._wake = anyio.Event()
             if not self._present():
