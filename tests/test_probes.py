@@ -310,5 +310,7 @@ def test_up_a_service_whose_http_endpoint_streams_forever_becomes_ready_and_qasu
     peak = rss_peak_kib(u.proc.pid)
     assert peak < 64 * 1024, f"qasup's resident memory peaked at {peak} KiB"
     tries = [int(line.split()[1]) for line in u.log("never").decode().splitlines() if line.startswith("sent ")]
-    assert len(tries) >= 5 and all(BODY_LIMIT <= n < BOUND for n in tries), tries
+    # every try stops the server within the bound; a try cut short by its own time limit (a busy machine) may
+    # have taken less than the 64 KiB prefix, so the lower limit is asserted of the tries as a whole
+    assert len(tries) >= 5 and all(n < BOUND for n in tries) and max(tries) >= BODY_LIMIT, tries
     assert u.stop() == 0
