@@ -42,6 +42,9 @@ GIVE_UP_ACTIONS = ("fail", "abort")
 RULE_ACTIONS = ("abort", "restart", "fail", "warn")
 GPU_ROLES = ("llm", "embed", "all")
 READY_MODES = ("all", "any")
+UNIT_TYPES = ("simple", "forking")   # forking: the launcher exits once its daemon runs (systemd Type=forking)
+STOP_MODES = ("group", "main")       # group: every process at once; main: the main process, then the rest
+LIVE_ACTIONS = ("restart", "fail", "warn")
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,26 @@ class ReadySpec:
     mode: str = "all"
     timeout: float = 120.0
     interval: float = 1.0
+
+    @property
+    def has_checks(self) -> bool:
+        return any(x is not None for x in (self.log, self.http, self.tcp, self.exec))
+
+
+@dataclass(frozen=True)
+class LiveSpec:
+    """``[live]``: checks that keep running once the service is ready; ``failures`` failed rounds in a row
+    trigger ``action``. A ``log`` check passes when a matching line arrived since the previous round."""
+
+    log: str | None = None
+    http: HttpCheck | None = None
+    tcp: str | None = None
+    exec: tuple[str, ...] | None = None
+    mode: str = "all"
+    interval: float = 10.0
+    timeout: float = 5.0           # one round of checks
+    failures: int = 3
+    action: str = "restart"
 
     @property
     def has_checks(self) -> bool:
@@ -96,6 +119,7 @@ class RestartSpec:
 class StopSpec:
     signal: int = int(signal.SIGTERM)
     timeout: float = 10.0
+    mode: str = "group"
 
 
 @dataclass(frozen=True)
@@ -114,6 +138,12 @@ class UnitSpec:
     file: Path
     command: tuple[str, ...]
     description: str = ""
+    type: str = "simple"
+    pid_file: str | None = None      # forking: where the daemon writes its pid (else: the one process left)
+    user: str | None = None          # name or number; the child switches to it before exec
+    group: str | None = None         # default: the user's primary group
+    groups: tuple[str, ...] = ()     # supplementary groups (default with a user: the user's groups)
+    restart_with: tuple[str, ...] = ()   # restart this service whenever one of these restarts (PartOf=)
     cwd: str | None = None
     env: Mapping[str, str] = field(default_factory=_empty)
     env_files: tuple[str, ...] = ()
@@ -128,6 +158,7 @@ class UnitSpec:
     prepare: PrepareSpec | None = None
     log: LogSpec = field(default_factory=LogSpec)
     ready: ReadySpec = field(default_factory=ReadySpec)
+    live: LiveSpec | None = None
     restart: RestartSpec = field(default_factory=RestartSpec)
     stop: StopSpec = field(default_factory=StopSpec)
     on_log: tuple[LogRule, ...] = ()

@@ -25,7 +25,9 @@ __all__ = ["UNIT_KEYS", "load_unit"]
 UNIT_KEYS = {
     "description", "command", "cwd", "env", "env_files", "requires", "after", "provides", "enabled", "gpu",
     "vram_mib", "requires_paths", "when", "prepare", "log", "ready", "restart", "stop", "on_log",
+    "type", "pid_file", "user", "group", "groups", "restart_with", "live",
 }
+_ACCOUNT = re.compile(r"^([a-z_][a-z0-9_.-]{0,31}\$?|[0-9]{1,10})$")   # a user or group name, or a number
 
 _HTTP_METHOD = re.compile(r"^[A-Z]+$")
 _TCP_ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$")   # a literal HOST:PORT's shape
@@ -52,8 +54,18 @@ def load_unit(name: str, path: Path, data: dict[str, Any], probs: Problems,
         gpu=r.enum("gpu", S.GPU_ROLES, U.gpu),
         vram_mib=r.integer("vram_mib", U.vram_mib, minimum=1),
         requires_paths=r.str_list("requires_paths") or U.requires_paths,
+        type=r.enum("type", S.UNIT_TYPES, U.type),
+        pid_file=r.string("pid_file", U.pid_file),
+        user=_account(r, "user"),
+        group=_account(r, "group"),
+        groups=tuple(g for g in (r.str_list("groups") or ()) if _account_ok(r, "groups", g)),
+        restart_with=r.names("restart_with"),
     )
-    for key in ("requires", "after"):
+    if kw["pid_file"] is not None and kw["type"] != "forking":
+        r.err("pid_file", 'only a type = "forking" unit has a pid file')
+    if (kw["group"] is not None or kw["groups"]) and kw["user"] is None:
+        r.err("group" if kw["group"] is not None else "groups", "needs a user: name the user to run as")
+    for key in ("requires", "after", "restart_with"):
         if name in kw[key]:
             r.err(key, f"{name!r} cannot depend on itself: {name} -> {name}")
     kw["when"] = _load_when(r)
@@ -69,10 +81,12 @@ def load_unit(name: str, path: Path, data: dict[str, Any], probs: Problems,
     restart = _load_restart(r)
     if restart is not None:
         kw["restart"] = restart
-    sp = r.sub("stop", {"signal", "timeout"})
+    kw["live"] = _load_live(r)
+    sp = r.sub("stop", {"signal", "timeout", "mode"})
     if sp is not None:
         kw["stop"] = S.StopSpec(sp.converted("signal", parse_signal, S.StopSpec.signal),
-                                sp.duration("timeout", S.StopSpec.timeout))
+                                sp.duration("timeout", S.StopSpec.timeout),
+                                sp.enum("mode", S.STOP_MODES, S.StopSpec.mode))
     kw["on_log"] = _load_rules(r)
     return S.UnitSpec(name=name, file=path, command=command or (), sources=sources,
                       origins=MappingProxyType(dict(origins or {})), **kw)
@@ -137,6 +151,44 @@ def _load_ready(r: Reader) -> S.ReadySpec:
     if spec.interval <= 0:
         rd.err("interval", "must be more than 0")
     return spec
+
+
+def _load_live(r: Reader) -> S.LiveSpec | None:
+    L = S.LiveSpec
+    lv = r.sub("live", {"log", "http", "tcp", "exec", "mode", "interval", "timeout", "failures", "action"})
+    if lv is None:
+        return None
+    http = _load_http(lv)
+    if http is not None and not http.url.startswith(("http://", "https://", "${")):
+        lv.err("http", f"{http.url!r} is not an http:// or https:// URL")
+        http = None
+    tcp = lv.string("tcp", L.tcp)
+    if tcp is not None and "${" not in tcp and not _TCP_ADDRESS.match(tcp):
+        lv.err("tcp", f"{tcp!r} is not HOST:PORT")
+        tcp = None
+    spec = L(log=lv.regex("log"), http=http, tcp=tcp, exec=lv.str_list("exec", nonempty=True),
+             mode=lv.enum("mode", S.READY_MODES, L.mode), interval=lv.duration("interval", L.interval),
+             timeout=lv.duration("timeout", L.timeout), failures=lv.integer("failures", L.failures, minimum=1),
+             action=lv.enum("action", S.LIVE_ACTIONS, L.action))
+    for key in ("interval", "timeout"):
+        if getattr(spec, key) <= 0:
+            lv.err(key, "must be more than 0")
+    if not spec.has_checks:
+        r.err("live", "has no check: give at least one of log, http, tcp, exec")
+        return None
+    return spec
+
+
+def _account_ok(r: Reader, key: str, value: str) -> bool:
+    if _ACCOUNT.match(value):
+        return True
+    r.err(key, f"{value!r} is not a user or group name, nor a number")
+    return False
+
+
+def _account(r: Reader, key: str) -> str | None:
+    v = r.string(key, None)
+    return v if v is None or _account_ok(r, key, v) else None
 
 
 def _load_http(rd: Reader) -> S.HttpCheck | None:

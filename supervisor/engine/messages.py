@@ -55,6 +55,20 @@ class ReadyTimeout(InstanceMessage):
 
 
 @dataclass(frozen=True, slots=True, eq=False)
+class LiveFailed(InstanceMessage):
+    """``[live]``: ``failures`` rounds of checks in a row failed (``why``: the last round's reason). Sent at the
+    threshold and at every failed round after it."""
+
+    failures: int
+    why: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class LiveRecovered(InstanceMessage):
+    """``[live]``: a round passed after at least one ``LiveFailed``."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class RuleHit(InstanceMessage):
     """An output line matched ``[[on_log]]`` rule number ``rule`` (``before``: the lines before it)."""
 

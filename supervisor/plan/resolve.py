@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from supervisor.config import dotenv
 from supervisor.config.safefile import MAX_FILE_BYTES, FileRefused
-from supervisor.config.spec import HttpCheck, LogRule, StackSpec, UnitSpec
+from supervisor.config.spec import HttpCheck, LiveSpec, LogRule, ReadySpec, StackSpec, UnitSpec
 from supervisor.errors import Problems
 from supervisor.protocol import parse_hostport
 
@@ -61,6 +61,15 @@ class ReadyChecks:
 
 
 @dataclass(frozen=True)
+class LiveChecks(ReadyChecks):
+    """``[live]``: the checks of :class:`ReadyChecks` (``timeout`` is one round's), run every ``interval`` once
+    the service is ready; ``failures`` failed rounds in a row trigger ``action``."""
+
+    failures: int = 3
+    action: str = "restart"
+
+
+@dataclass(frozen=True)
 class ResolvedUnit:
     """A unit with every ``${NAME}`` expanded and every path made absolute, ready to start."""
 
@@ -76,6 +85,7 @@ class ResolvedUnit:
     ready: ReadyChecks
     rules: tuple[LogRule, ...]            # messages expanded
     cuda_visible_devices: str | None = None
+    live: LiveChecks | None = None        # [live], expanded
 
     @property
     def name(self) -> str:
@@ -164,24 +174,13 @@ def resolve_unit_anyway(stack: StackSpec, unit: UnitSpec, plan_env: Mapping[str,
     if unit.prepare:
         prep_argv = tuple(x(a, "prepare.command", lookup) for a in unit.prepare.command)
         prep_paths = tuple(stack.path(x(p, "prepare.when_changed", lookup)) for p in unit.prepare.when_changed)
-    r = unit.ready
-    http = None
-    if r.http:
-        http = HttpCheck(x(r.http.url, "ready.http.url", lookup), r.http.method,
-                         x(r.http.expect, "ready.http.expect", lookup) if r.http.expect else None)
-    tcp = None
-    if r.tcp:
-        n_before = len(probs.items)
-        hp = x(r.tcp, "ready.tcp", lookup)
-        if len(probs.items) == n_before:   # else the unknown ${NAME} is the problem, not the unexpanded text
-            try:
-                tcp = parse_hostport(hp)
-            except ValueError as e:
-                probs.add(unit.file_of("ready.tcp"), "ready.tcp", str(e))
-    ready = ReadyChecks(
-        log=r.log, http=http, tcp=tcp,
-        exec=tuple(x(a, "ready.exec", lookup) for a in r.exec) if r.exec else None,
-        mode=r.mode, timeout=r.timeout, interval=r.interval)
+    ready = _checks(unit, "ready", unit.ready, lookup, x, probs)
+    live = None
+    if unit.live is not None:
+        lc = _checks(unit, "live", unit.live, lookup, x, probs)
+        lv = unit.live
+        live = LiveChecks(log=lc.log, http=lc.http, tcp=lc.tcp, exec=lc.exec, mode=lc.mode, timeout=lv.timeout,
+                          interval=lv.interval, failures=lv.failures, action=lv.action)
     rules = []
     for i, rule in enumerate(unit.on_log, 1):
         msg = rule.message
@@ -193,7 +192,29 @@ def resolve_unit_anyway(stack: StackSpec, unit: UnitSpec, plan_env: Mapping[str,
     return ResolvedUnit(
         spec=unit, argv=argv, cwd=cwd, env=proc_env, log_file=log_file, tail=tail, requires_paths=req_paths,
         prepare_argv=prep_argv, prepare_paths=prep_paths or (), ready=ready, rules=tuple(rules),
-        cuda_visible_devices=gpu_env.get("CUDA_VISIBLE_DEVICES"))
+        cuda_visible_devices=gpu_env.get("CUDA_VISIBLE_DEVICES"), live=live)
+
+
+def _checks(unit: UnitSpec, table: str, r: ReadySpec | LiveSpec, lookup: Mapping[str, str],
+            x: Callable[[str, str, Mapping[str, str]], str], probs: Problems) -> ReadyChecks:
+    """``[ready]`` or ``[live]`` with its ``${NAME}`` expanded (``timeout``/``interval`` as written)."""
+    http = None
+    if r.http:
+        http = HttpCheck(x(r.http.url, f"{table}.http.url", lookup), r.http.method,
+                         x(r.http.expect, f"{table}.http.expect", lookup) if r.http.expect else None)
+    tcp = None
+    if r.tcp:
+        n_before = len(probs.items)
+        hp = x(r.tcp, f"{table}.tcp", lookup)
+        if len(probs.items) == n_before:   # else the unknown ${NAME} is the problem, not the unexpanded text
+            try:
+                tcp = parse_hostport(hp)
+            except ValueError as e:
+                probs.add(unit.file_of(f"{table}.tcp"), f"{table}.tcp", str(e))
+    return ReadyChecks(
+        log=r.log, http=http, tcp=tcp,
+        exec=tuple(x(a, f"{table}.exec", lookup) for a in r.exec) if r.exec else None,
+        mode=r.mode, timeout=r.timeout, interval=r.interval)
 
 
 def expand_banner(stack: StackSpec, plan_env: Mapping[str, str], probs: Problems,
