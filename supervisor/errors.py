@@ -9,13 +9,19 @@ __all__ = ["ConfigError", "Problem", "Problems"]
 
 @dataclass(frozen=True, order=True)
 class Problem:
-    """One problem in one file; ``key`` is a dotted path such as ``restart.max_delay`` (``-`` for the whole file)."""
+    """One problem in one file; ``key`` is a dotted path such as ``restart.max_delay`` (``-`` for the whole file).
+    A problem with a place in the file (a TOML syntax error) has its ``line`` and ``column`` and reads
+    ``FILE:LINE:COLUMN: message``, as compilers write it."""
 
     file: str
     key: str
     message: str
+    line: int = 0
+    column: int = 0
 
     def __str__(self) -> str:
+        if self.line:
+            return f"{self.file}:{self.line}:{self.column}: {self.message}"
         return f"{self.file}: {self.key}: {self.message}"
 
 
@@ -33,8 +39,8 @@ class Problems:
     def __init__(self) -> None:
         self.items: list[Problem] = []
 
-    def add(self, file: object, key: str, message: str) -> None:
-        self.items.append(Problem(str(file), key or "-", message))
+    def add(self, file: object, key: str, message: str, line: int = 0, column: int = 0) -> None:
+        self.items.append(Problem(str(file), key or "-", message, line, column))
 
     def __bool__(self) -> bool:
         return bool(self.items)

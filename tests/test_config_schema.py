@@ -24,7 +24,7 @@ GPUS = [GpuInfo(0, "NVIDIA GeForce RTX 3090", 24576, 24576, "8.6"), GpuInfo(1, "
 
 
 @pytest.mark.parametrize("inputs", [
-    PlanInputs(), PlanInputs(device_id="0,1"), PlanInputs(llm_api="cloud"),
+    PlanInputs(), PlanInputs(device_id="0,1", tensor_parallel=1), PlanInputs(llm_api="cloud"),
     PlanInputs(runtime_backend="vllm", device_id="0,1", model_name="m", model_size="3B"),
 ])
 def test_the_plan_produces_exactly_the_when_facts(inputs):

@@ -21,7 +21,7 @@ PLANS = {
     "default-1gpu": ([], {"triton", "llm-relay", "rerank", "ocr", "sanic"},
                      {"triton": "0", "ocr": "0"}, {"RUNTIME_BACKEND": "default", "OFFCUT_TOKEN": "0",
                                                    "RERANK_PORT": "10001", "GPUID1": "0", "GPUID2": "0"}),
-    "default-2gpu": (["-i", "0,1"], {"triton-llm", "triton-embed-rerank", "llm-relay", "rerank", "ocr", "sanic"},
+    "default-2gpu": (["-i", "0,1", "-p", "1"], {"triton-llm", "triton-embed-rerank", "llm-relay", "rerank", "ocr", "sanic"},
                      {"triton-llm": "0", "triton-embed-rerank": "1", "ocr": "1"},
                      {"RUNTIME_BACKEND": "default", "TP": "1", "GPUID1": "0", "GPUID2": "1", "RERANK_PORT": "9001"}),
     "hf": (["-b", "hf", *MODEL], {"triton-embed-rerank-1gpu", "fastchat-controller", "fastchat-openai-api",

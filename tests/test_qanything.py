@@ -177,6 +177,18 @@ def test_tensor_parallel_forces_vllm() -> None:
     assert outcome.feasible and outcome.offcut_token == 0
 
 
+def test_two_ids_mean_tensor_parallel_two_and_vllm_as_the_seed_says() -> None:
+    # the seed: "with two RTX 3090s the backend becomes vllm"; master sets -p to the number of ids
+    gpus = [gpu(0, 24576), gpu(1, 24576)]
+    outcome = plan(gpus, device_id="0,1", model_name="M", model_size="7B")
+    assert outcome.tensor_parallel == 2
+    assert (outcome.requested_backend, outcome.runtime_backend) == ("default", "vllm")
+    assert any("Tensor parallel 2 needs the vllm backend: switched from default to vllm" in m for m in outcome.messages)
+    assert outcome.feasible
+    four = plan([gpu(i, 24576) for i in range(4)], device_id="0,1,2,3", model_name="M", model_size="7B")
+    assert (four.tensor_parallel, four.runtime_backend, four.device_ids) == (4, "vllm", (0, 1, 2, 3))
+
+
 def test_tensor_parallel_one_keeps_backend_on_two_gpus() -> None:
     gpus = [gpu(0, 24576), gpu(1, 24576)]
     outcome = plan(gpus, device_id="0,1", tensor_parallel=1)
@@ -218,6 +230,10 @@ def test_tensor_parallel_floor_of_4000() -> None:
     gpus = [gpu(0, 3000), gpu(1, 3000)]
     outcome = plan(gpus, device_id="0,1", runtime_backend="vllm", model_name="M", model_size="0B")
     assert not outcome.feasible and "less than 4000 MiB" in (outcome.error or "")
+    # the floor holds for every GPU the model spans, not only GPU1
+    second = plan([gpu(0, 24576), gpu(1, 3000)], device_id="0,1", runtime_backend="vllm", model_name="M",
+                  model_size="1.8B")
+    assert not second.feasible and "less than 4000 MiB" in (second.error or "") and "GPU 1" in (second.error or "")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -285,7 +301,17 @@ def test_busy_gpu_is_reported() -> None:
         ({"tensor_parallel": 3}, "-p/--tensor-parallel", "must be 1, 2, 4, 8 or 16"),
         ({"tensor_parallel": "x"}, "-p/--tensor-parallel", "must be 1, 2, 4, 8 or 16"),
         ({"tensor_parallel": 2}, "-p/--tensor-parallel", '2 needs 2 GPU ids in -i/--device-id, "0" lists 1'),
-        ({"device_id": "0,1,2", "runtime_backend": "vllm", "model_name": "m", "model_size": "7B"}, "-p/--tensor-parallel", "0 means one per GPU id"),
+        ({"device_id": "0,1,2", "runtime_backend": "vllm", "model_name": "m", "model_size": "7B"}, "-i/--device-id", "lists 3 GPU ids; run.sh accepts 1, 2, 4, 8 or 16"),
+        # run.sh's device counts hold for every backend, and no id is ever dropped silently
+        ({"device_id": "0,1,2"}, "-i/--device-id", "lists 3 GPU ids"),
+        ({"device_id": "0,1,2", "llm_api": "cloud"}, "-i/--device-id", "lists 3 GPU ids"),
+        ({"device_id": "0,1,2,3", "llm_api": "cloud"}, "-i/--device-id", "a cloud plan uses two at most"),
+        ({"device_id": "0,1,2,3", "tensor_parallel": 1}, "-p/--tensor-parallel", "1 uses two GPU ids at most"),
+        ({"device_id": "0,1,2,3", "tensor_parallel": 2, "runtime_backend": "vllm", "model_name": "m",
+          "model_size": "7B"}, "-p/--tensor-parallel", "give -p 4 or list only 2 ids"),
+        # -i 0,1 with the default -p: tensor parallel 2, so vllm, which needs a model: refused up front
+        ({"device_id": "0,1"}, "-m/--model-name", "or -p 1 to run the LLM on GPU 0 and embedding/rerank on GPU 1"),
+        ({"device_id": "0,1,2,3"}, "-m/--model-name", "means tensor parallel 4"),
         ({"gpu_memory_utilization": 0}, "-r/--gpu-memory-utilization", "must be a number in (0, 1]"),
         ({"gpu_memory_utilization": "1.5"}, "-r/--gpu-memory-utilization", "must be a number in (0, 1]"),
         ({"gpu_memory_utilization": "nan"}, "-r/--gpu-memory-utilization", "must be a number in (0, 1]"),
@@ -355,10 +381,11 @@ def test_env_and_when_facts() -> None:
         outcome.feasible = False  # type: ignore[misc]
 
 
-def test_tensor_parallel_zero_means_one_for_the_default_backend() -> None:
-    """run.sh used `-i 0,1 -b default` as LLM Triton on GPU 0 and embed/rerank on GPU 1, tensor parallel 1."""
+def test_p1_with_two_ids_is_llm_on_the_first_and_embed_rerank_on_the_second() -> None:
+    """`-i 0,1 -p 1 -b default`: LLM Triton on GPU 0 and embed/rerank on GPU 1, tensor parallel 1 (the explicit
+    way; `-p 0` with two ids means tensor parallel 2, as master's script does)."""
     cards = [gpu(0, 24576), gpu(1, 24576)]
-    out = decide(PlanInputs(device_id="0,1"), cards)
+    out = decide(PlanInputs(device_id="0,1", tensor_parallel=1), cards)
     assert out.feasible, out.error
     assert (out.tensor_parallel, out.runtime_backend, out.gpu_id1, out.gpu_id2) == (1, "default", 0, 1)
     env = out.env()

@@ -12,6 +12,6 @@ RUNSH_FLAGS = (
     ("-m", "--model-name", "model_name", str, "model folder under /model_repos/CustomLLM (hf, vllm, sglang)"),
     ("-s", "--model-size", "model_size", str, 'model size such as "7B" or "1.8B" (0B for cloud)'),
     ("-t", "--conv-template", "conv_template", str, "FastChat conversation template"),
-    ("-p", "--tensor-parallel", "tensor_parallel", int, "1, 2, 4, 8 or 16 (default: number of GPU ids)"),
+    ("-p", "--tensor-parallel", "tensor_parallel", int, "1, 2, 4, 8 or 16; 0 (default): one per GPU id in -i for a local LLM (-i 0,1: 2, so vllm); -p 1 -i 0,1: LLM on GPU 0, embed/rerank on GPU 1"),
     ("-r", "--gpu-memory-utilization", "gpu_memory_utilization", float, "vLLM's share of GPU memory (0.81)"),
 )

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.config.safefile import FileRefused, file_problem, read_regular
+from supervisor.config.tomlerror import locate
 from supervisor.errors import Problems
 
 __all__ = ["STACK_FILE", "check_dropin_folders", "find_stack", "list_folder", "list_unit_files", "merge",
@@ -41,7 +42,7 @@ def find_stack(config: Path | None, cwd: Path) -> tuple[Path, Path | None]:
 
 
 def read_toml(path: Path, probs: Problems) -> dict[str, Any] | None:
-    """Parse one TOML file; syntax errors keep tomllib's line and column."""
+    """Parse one TOML file; a syntax error is reported at its line and column (``FILE:LINE:COLUMN: ...``)."""
     try:
         raw = read_regular(path)
     except FileRefused as e:
@@ -58,7 +59,8 @@ def read_toml(path: Path, probs: Problems) -> dict[str, Any] | None:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        probs.add(path, "-", f"TOML syntax error: {e}")
+        line, column, message = locate(text, str(e))
+        probs.add(path, "-", f"TOML syntax error: {message}", line, column)
     except (ValueError, RecursionError, OverflowError) as e:  # deep nesting, huge numbers
         probs.add(path, "-", f"TOML syntax error: {e}")
     return None

@@ -254,11 +254,14 @@ def decide(inputs: PlanInputs, gpus: Sequence[GpuInfo]) -> PlanOutcome:
     if v.tensor_parallel == 1 or v.size == 0:
         # 0B (cloud, or the script's "skip the check" escape) needs only the table's first rows.
         verdict = vram_table(gpu1, v.size, v.model_size, backend, series, gpu_id1 == gpu_id2)
-    elif gpu1.memory_total_mib < MIN_MEMORY_MIB:
-        verdict = VramVerdict(0, too_small(gpu1))
     else:
         tp_gpus = [by_index[i] for i in v.device_ids[: v.tensor_parallel]]
-        verdict = tensor_parallel_check(tp_gpus, v.size, v.model_size, v.tensor_parallel, v.gpu_memory_utilization)
+        smallest = min(tp_gpus, key=lambda g: g.memory_total_mib)
+        if smallest.memory_total_mib < MIN_MEMORY_MIB:   # the table's first row, for every GPU the model spans
+            verdict = VramVerdict(0, too_small(smallest))
+        else:
+            verdict = tensor_parallel_check(tp_gpus, v.size, v.model_size, v.tensor_parallel,
+                                            v.gpu_memory_utilization)
     messages.extend(verdict.messages)
     return outcome(
         verdict.error,

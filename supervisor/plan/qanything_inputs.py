@@ -105,7 +105,15 @@ def validate(inputs: PlanInputs) -> ValidInputs:
 
     model_size, size = _validate_model_size(str(inputs.model_size), llm_api, backend)
     tensor_parallel = _validate_tensor_parallel(inputs.tensor_parallel, device_ids, device_id,
-                                                one_per_id=llm_api == "local" and backend != "default")
+                                                local=llm_api == "local")
+    if llm_api == "local" and backend == "default" and tensor_parallel > 1 and not model_name:
+        # master sets tensor parallel to the number of ids, then switches any non-vllm backend to vllm, which
+        # loads a model from assets/custom_models: without -m it failed late with a shifted-flags error (#106)
+        raise PlanInputError(
+            "-m/--model-name",
+            f'-i/--device-id "{device_id}" means tensor parallel {tensor_parallel} (-p 0: one per GPU id), which '
+            "needs the vllm backend and a model from assets/custom_models: give -m NAME -t TEMPLATE (and -s SIZE), "
+            f"or -p 1 to run the LLM on GPU {device_ids[0]} and embedding/rerank on GPU {device_ids[1]}")
     utilization = _validate_utilization(inputs.gpu_memory_utilization)
     return ValidInputs(
         llm_api, device_ids, backend, model_name, model_size, size, tensor_parallel, utilization, conv_template
@@ -145,12 +153,20 @@ def _validate_model_size(text: str, llm_api: str, backend: str) -> tuple[str, De
 
 
 def _validate_tensor_parallel(value: int | str, device_ids: tuple[int, ...], device_id: str,
-                              one_per_id: bool = True) -> int:
-    """``0`` means one per GPU id for the FastChat backends (hf, vllm, sglang), whose worker spans the ids of
-    ``-i``; for the default backend and cloud plans it means 1, since there the second id of ``-i 0,1`` is the
-    embed/rerank Triton's GPU, as in run.sh (which used the two ids that way with tensor parallel 1)."""
+                              local: bool = True) -> int:
+    """run.sh's rules, without its silent drops: ``-i`` lists 1, 2, 4, 8 or 16 GPU ids (for every backend);
+    ``-p 0`` (the default) means one per id for a local LLM, so two ids mean tensor parallel 2 (and the vllm
+    backend, see :func:`supervisor.plan.qanything.decide`); ``-p 1`` with two ids is the explicit "LLM on the first
+    GPU, embedding/rerank on the second". Every id must be used: ``-p 1`` takes at most two, ``-p N`` (N > 1)
+    exactly N. Cloud plans run no LLM: tensor parallel is 1 and at most two ids (embedding/rerank, OCR) are used."""
     option = "-p/--tensor-parallel"
     allowed = "1, 2, 4, 8 or 16 (or 0 for one per GPU id in -i)"
+    count = len(device_ids)
+    if count not in TENSOR_PARALLEL_SIZES:
+        raise PlanInputError(
+            "-i/--device-id",
+            f'"{device_id}" lists {count} GPU ids; run.sh accepts 1, 2, 4, 8 or 16 (list only the GPUs to use)',
+        )
     if isinstance(value, bool):
         raise PlanInputError(option, f"{value!r} must be {allowed}")
     if isinstance(value, int):
@@ -160,23 +176,27 @@ def _validate_tensor_parallel(value: int | str, device_ids: tuple[int, ...], dev
         if not text.isdigit():
             raise PlanInputError(option, f'"{text}" must be {allowed}')
         number = int(text)
-    if number == 0 and not one_per_id:
+    if number != 0 and number not in TENSOR_PARALLEL_SIZES:
+        raise PlanInputError(option, f'"{value}" must be {allowed}')
+    if not local:
+        if count > 2:
+            raise PlanInputError(
+                "-i/--device-id",
+                f'"{device_id}" lists {count} GPU ids, but a cloud plan uses two at most (embedding and rerank on '
+                "the second, or the first when there is one): list only the GPUs to use")
         return 1
     if number == 0:
-        number = len(device_ids)
-        if number not in TENSOR_PARALLEL_SIZES:
-            raise PlanInputError(
-                option,
-                f'0 means one per GPU id, but -i/--device-id "{device_id}" lists {number}; '
-                "give -p 1, 2, 4, 8 or 16",
-            )
-    if number not in TENSOR_PARALLEL_SIZES:
-        raise PlanInputError(option, f'"{value}" must be {allowed}')
-    if number > len(device_ids):
+        number = count
+    if number > count:
+        raise PlanInputError(option, f'{number} needs {number} GPU ids in -i/--device-id, "{device_id}" lists {count}')
+    if number == 1 and count > 2:
         raise PlanInputError(
-            option,
-            f'{number} needs {number} GPU ids in -i/--device-id, "{device_id}" lists {len(device_ids)}',
-        )
+            option, f'1 uses two GPU ids at most (the LLM on the first, embedding/rerank on the second), but '
+                    f'-i/--device-id "{device_id}" lists {count}: the others would be left unused')
+    if 1 < number < count:
+        raise PlanInputError(
+            option, f'{number} spreads the LLM over {number} GPUs, but -i/--device-id "{device_id}" lists {count}: '
+                    f"give -p {count} or list only {number} ids")
     return number
 
 
