@@ -115,10 +115,14 @@ def test_status_table_all_ready_exit_0(daemon, capsys, monkeypatch):
     assert "\x1b[" not in out  # captured stdout is not a terminal: no colour
     header = lines[1]
     assert header.split() == ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "READY", "LAST", "ERROR"]
-    rows = {line.split()[0]: line for line in lines[2:]}
+    rows = {line.split()[0]: line for line in lines[2:-1]}
     assert rows["sanic"].split() == ["sanic", "ready", "812", "1h02m", "0", "1.9s", "-"]
     assert rows["llm-worker"].split() == ["llm-worker", "ready", "9", "42s", "12", "350ms", "-"]
-    assert rows["ocr"].split() == ["ocr", "disabled", "-", "-", "0", "-", "-"]
+    assert "ocr" not in rows   # disabled by the plan: hidden, and said so under the table
+    assert lines[-1] == "(1 service disabled by the plan not shown: qasup status --all)"
+    assert run(daemon.socket_path, "status", "--all") == 0
+    every = capsys.readouterr().out.splitlines()
+    assert {line.split()[0]: line for line in every[2:]}["ocr"].split() == ["ocr", "disabled", "-", "-", "0", "-", "-"]
     # aligned: every column starts at the same offset in every row
     for title in ("STATE", "UPTIME", "READY", "LAST ERROR"):
         col = header.index(title)

@@ -53,3 +53,21 @@ def test_table_tolerates_missing_keys_and_junk_rows():
     lines = render_status({"stack": {}, "services": ["junk", {"name": "a"}]}).splitlines()
     assert lines[0] == "stack ?  0/1 services ready"
     assert lines[2].split() == ["a", "?", "-", "-", "0", "-", "-"]
+
+
+def test_disabled_services_hidden_unless_asked_with_a_line_that_says_how_many():
+    payload = {"stack": stack_status(state="ready", pid=7, uptime_s=5.0, name="qa"),
+               "services": [service_status(name="web", state="ready", pid=10),
+                            service_status(name="ocr", state="disabled", last_error="disabled by the plan: x"),
+                            service_status(name="sanic-cloud", state="disabled")]}
+    short = render_status(payload, show_disabled=False).splitlines()
+    assert [ln.split()[0] for ln in short[2:-1]] == ["web"]
+    assert short[-1] == "(2 services disabled by the plan not shown: qasup status --all)"
+    full = render_status(payload, show_disabled=True).splitlines()
+    assert [ln.split()[0] for ln in full[2:]] == ["web", "ocr", "sanic-cloud"]
+    assert full[3].endswith("disabled by the plan: x")
+    one = {"stack": payload["stack"], "services": payload["services"][:2]}
+    assert render_status(one, show_disabled=False).splitlines()[-1] == \
+        "(1 service disabled by the plan not shown: qasup status --all)"
+    nothing_hidden = {"stack": payload["stack"], "services": payload["services"][:1]}
+    assert "not shown" not in render_status(nothing_hidden, show_disabled=False)

@@ -48,7 +48,8 @@ def _non_negative_int(text: str) -> int:
 
 _EXAMPLES = {
     "status": """examples:
-  qasup status                 table of every service; exit 0 only when all enabled ones are ready
+  qasup status                 table of the plan's services; exit 0 only when all of them are ready
+  qasup status --all           also the services the plan disabled, with the reason
   qasup status sanic llm       just these two
   qasup status --json          the daemon's status JSON (same exit codes)""",
     "start": """examples:
@@ -92,7 +93,9 @@ def register(subparsers: Any) -> None:
 
     p = add("status", "show each service's state, pid, uptime, restarts, readiness time and last error")
     p.add_argument("names", nargs="*", metavar="NAME", help="services to show (default: all)")
-    p.add_argument("--json", action="store_true", help="print the daemon's status JSON instead of the table")
+    p.add_argument("--json", action="store_true", help="print the daemon's status JSON instead of the table "
+                   "(every service, disabled ones included)")
+    p.add_argument("--all", action="store_true", help="also list the services the plan disabled (with the reason)")
 
     for verb, text in (("start", "start services"), ("stop", "stop services")):
         p = add(verb, text)

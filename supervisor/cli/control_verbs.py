@@ -140,7 +140,9 @@ def _cmd_status(socket_path: str, args: argparse.Namespace) -> int:
             import shutil
 
             width = shutil.get_terminal_size().columns
-        print(render_status(_as_status(payload), colour=colour, width=width))
+        # the plan's services; disabled ones with --all, or when named
+        print(render_status(_as_status(payload), colour=colour, width=width,
+                            show_disabled=bool(getattr(args, "all", False) or args.names)))
     enabled = [s for s in payload.get("services") or [] if s.get("state") != ServiceState.DISABLED]
     return Exit.OK if all(s.get("state") == ServiceState.READY for s in enabled) else Exit.NOT_READY
 

@@ -87,15 +87,20 @@ def last_error(service: ServiceStatus) -> str:
     return "-"
 
 
-def render_status(payload: StatusPayload, *, colour: bool = False, width: int | None = None) -> str:
+def render_status(payload: StatusPayload, *, colour: bool = False, width: int | None = None,
+                  show_disabled: bool = True) -> str:
     """The status table: a stack header line, then one aligned row per service.
 
     ``width`` (the terminal's) truncates the LAST ERROR column so rows do not wrap. Keys missing from the
     payload (a daemon of another version) show as ``?`` or ``-``; the table is drawn all the same.
+    ``show_disabled=False`` leaves out the services the plan disabled, and says under the table how many.
     """
     stack = payload.get("stack") or {}
     services: list[ServiceStatus] = [s for s in payload.get("services") or [] if isinstance(s, dict)]
     enabled = [s for s in services if s.get("state") != ServiceState.DISABLED]
+    hidden = 0 if show_disabled else len(services) - len(enabled)
+    if hidden:
+        services = enabled
     ready = sum(1 for s in enabled if s.get("state") == ServiceState.READY)
     stack_state = str(stack.get("state", "?"))
     header = [f"stack {paint(stack_state, stack_state, colour)}"]
@@ -132,4 +137,7 @@ def render_status(payload: StatusPayload, *, colour: bool = False, width: int | 
         if width and prefix_width + len(error) > width:
             error = error[: max(10, width - prefix_width - 1)] + "~"
         lines.append("  ".join(cells) + "  " + error)
+    if hidden:
+        lines.append(f"({hidden} service{'s' if hidden != 1 else ''} disabled by the plan not shown: "
+                     "qasup status --all)")
     return "\n".join(lines)
