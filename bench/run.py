@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Benchmarks: qasup against supervisord on the same stand-in programs, in alternating rounds.
 
-    python bench/run.py                 # everything, 5 rounds (~5 min on 2 cores); writes docs/benchmarks.md
+    python bench/run.py                 # everything, 5 rounds (~5 min on 2 cores, +~1.5 min for scenario 8); writes docs/benchmarks.md
     python bench/run.py --quick         # 2 rounds, shorter windows, scale 100/300 (not written to docs/)
     python bench/run.py --only 3,5      # some scenarios only (not written to docs/ unless --out is given)
+    python bench/run.py --only 8 --out /tmp/real.md   # real programs only: daemonizing nginx, Sanic
 
 supervisord (PyPI ``supervisor`` 4.3.0) is installed into its own venv, ``bench/.venv-supervisord``: both
 projects are the top-level package ``supervisor``, so they never share an interpreter. qasup runs as
@@ -32,7 +33,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from benchkit import report, scenarios  # noqa: E402
+from benchkit import realworld, report, scenarios  # noqa: E402
 from benchkit.daemons import ensure_supervisord  # noqa: E402
 from benchkit.procs import kill_marked  # noqa: E402
 from benchkit.scenarios import Ctx, Result  # noqa: E402
@@ -45,6 +46,7 @@ TITLES = {
     5: "status command wall time",
     6: "scale: 100 / 300 / 1000 services",
     7: "restart latency after SIGKILL",
+    realworld.SID: realworld.TITLE,
 }
 
 
@@ -139,7 +141,8 @@ def settle(max_wait: float = 10.0) -> None:
 
 def run_all(args: argparse.Namespace, ctx: Ctx) -> dict[int, Result]:
     only = set(args.only) if args.only else set(TITLES)
-    results = {sid: Result(sid, TITLES[sid]) for sid in sorted(only)}
+    results = {sid: (realworld.RealResult if sid == realworld.SID else Result)(sid, TITLES[sid])
+               for sid in sorted(only)}
     rounds = ctx.rounds
 
     def timed(sid: int, fn, *a) -> None:
@@ -179,6 +182,9 @@ def run_all(args: argparse.Namespace, ctx: Ctx) -> dict[int, Result]:
     if 6 in only:
         log(f"scale {', '.join(map(str, args.scale))}")
         timed(6, scenarios.s6_scale, ctx, results[6], tuple(args.scale), 3)
+    if realworld.SID in only:
+        log("real programs side by side: daemonizing nginx, Sanic with 4 workers")
+        timed(realworld.SID, realworld.run, ctx, results[realworld.SID], args.quick)
     return results
 
 
@@ -261,6 +267,7 @@ def write_doc(path: Path, info: dict[str, str], args: argparse.Namespace, lines,
     busy = any(x > 0.5 * (os.cpu_count() or 1) for x in loads) or (
         stolen.endswith("%") and float(stolen.split()[0]) >= 3.0)
     notes = [f"Scenario {r.sid}: {n}" for r in results.values() for n in r.notes]
+    real = results.get(realworld.SID)
     text = [
         "# Benchmarks: qasup vs supervisord",
         "",
@@ -274,7 +281,8 @@ def write_doc(path: Path, info: dict[str, str], args: argparse.Namespace, lines,
         METHOD.format(sd=info["supervisord"], rounds=args.rounds, cp=report.CP, cp_path=" -> ".join(report.CP_PATH),
                       lat_s=args.latency_seconds, idle=args.idle_seconds, idle_rounds=args.idle_rounds,
                       calls=args.status_calls,
-                      sizes=" / ".join(map(str, args.scale)), kills=args.kills),
+                      sizes=" / ".join(map(str, args.scale)), kills=args.kills)
+        + (realworld.method(args.quick) if realworld.SID in results else ""),
         "## Results",
         "",
         *(["The machine was busy during this run (see the load averages and the stolen CPU time above): expect "
@@ -282,9 +290,12 @@ def write_doc(path: Path, info: dict[str, str], args: argparse.Namespace, lines,
         report.markdown_table(report.evaluate(results, tuple(args.scale))),
         "",
         *[f"- {x}" for x in reading(results)],
+        *([f"- {x}" for x in realworld.reading(real)] if isinstance(real, realworld.RealResult) else []),
         "",
         "`slower` / `bigger`: qasup's median is more than 5 % above supervisord's on a row without a target.",
         "",
+        *(["## Real programs side by side (scenario 8)", "", *realworld.markdown(real)]
+          if isinstance(real, realworld.RealResult) else []),
         "## Where qasup is behind",
         "",
         *([f"- {b}" for b in bh] or ["- Nowhere in this run: every target is met."]),
@@ -303,7 +314,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="2 rounds, shorter windows, scale 100 and 300")
     p.add_argument("--rounds", type=int, default=None, help="rounds (default 5, --quick 2)")
     p.add_argument("--only", type=lambda s: [int(x) for x in s.split(",")], default=None,
-                   help="comma-separated scenario numbers (1-7)")
+                   help="comma-separated scenario numbers (1-8)")
     p.add_argument("--python", default=None, help="the interpreter that runs qasup")
     p.add_argument("--scale", type=lambda s: [int(x) for x in s.split(",")], default=None,
                    help="service counts for scenario 6 (default 100,300,1000; --quick 100,300)")
@@ -315,7 +326,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "thousands of restarts); their outcome decides the exit code too")
     a = p.parse_args(argv)
     if a.only and not set(a.only) <= set(TITLES):
-        p.error(f"--only takes scenario numbers 1-7, got {a.only}")
+        p.error(f"--only takes scenario numbers 1-8, got {a.only}")
     a.rounds = a.rounds or (2 if a.quick else 5)
     a.scale = a.scale or ([100, 300] if a.quick else [100, 300, 1000])
     a.idle_seconds = 5.0 if a.quick else 10.0
@@ -372,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = report.evaluate(results, tuple(args.scale))
     print()
     print(report.console_table(lines))
+    if isinstance(real := results.get(realworld.SID), realworld.RealResult):
+        print(realworld.console(real))
     for b in report.behind(lines, results):
         print(f"  behind: {b}")
     out_dir = BENCH / "out"

@@ -21,6 +21,7 @@ import anyio.abc
 
 from supervisor.control.listen import DaemonAlreadyRunning, ListenError
 from supervisor.control.lock import StackLock
+from supervisor.control.metrics import Observed, plan_facts
 from supervisor.control.server import SOCKET_CHECK_EVERY, ServeInfo, serve
 from supervisor.engine.engine import Engine
 from supervisor.engine.errors import EngineError
@@ -36,7 +37,7 @@ from supervisor.logs.inotify import (
 from supervisor.plan.result import Plan
 from supervisor.proc.guardian import guardian
 from supervisor.proc.kernel import raise_fd_limit, release_signals
-from supervisor.proc.reaper import Reaper
+from supervisor.proc.sweep import tracking
 from supervisor.protocol import DEFAULT_SOCKET_NAME, MIN_TOKEN_LENGTH, SOCKET_ENV, TOKEN_ENV, Exit, parse_hostport
 
 __all__ = ["HANDLED_SIGNALS", "DaemonOptions", "OptionsError", "run_daemon", "socket_path"]
@@ -64,13 +65,14 @@ class DaemonOptions:
     socket: Path | None = None                  # None: $QASUP_SOCKET, else <state_dir>/qasup.sock
     listen: tuple[str, int] | None = None       # also serve the API on TCP (bearer token required)
     token: str | None = None                    # the TCP listener's token
+    http: tuple[str, int] | None = None         # the read-only listener (page, /metrics); else [stack] http
     echo: bool = True                           # copy service output to stdout (if the stack allows)
     planner: Callable[[], Plan] | None = None   # builds a new plan for reload; raises ReloadRejected
 
     @classmethod
     def from_values(cls, *, socket: str | os.PathLike[str] | None = None, listen: str | None = None,
                     no_echo: bool = False, planner: Callable[[], Plan] | None = None,
-                    environ: Mapping[str, str] | None = None) -> DaemonOptions:
+                    environ: Mapping[str, str] | None = None, http: str | None = None) -> DaemonOptions:
         """Options from command-line values; ``OptionsError`` says what is wrong."""
         env = os.environ if environ is None else environ
         sock = Path(socket) if socket else (Path(env[SOCKET_ENV]) if env.get(SOCKET_ENV) else None)
@@ -84,7 +86,12 @@ class DaemonOptions:
             if token is None or len(token) < MIN_TOKEN_LENGTH:
                 raise OptionsError(f"--listen needs {TOKEN_ENV} set to a secret of at least {MIN_TOKEN_LENGTH} "
                                    "characters (clients send it as 'Authorization: Bearer TOKEN')")
-        return cls(socket=sock, listen=address, token=token, echo=not no_echo, planner=planner)
+        try:   # port 0: any free one (the daemon says which)
+            http_address = None if not http else (
+                (parse_hostport(http[:-1] + "1")[0], 0) if http.endswith(":0") else parse_hostport(http))
+        except ValueError:
+            raise OptionsError(f"--http {http!r} is not HOST:PORT") from None
+        return cls(socket=sock, listen=address, token=token, echo=not no_echo, planner=planner, http=http_address)
 
 
 def socket_path(plan: Plan, options: DaemonOptions) -> Path:
@@ -143,14 +150,14 @@ async def _main(plan: Plan, options: DaemonOptions) -> int:
 async def _run_stack(plan: Plan, options: DaemonOptions, signals: AsyncIterator[int], lock: StackLock,
                      echo: Echo | None, say: Say) -> int:
     daemon_id = os.urandom(8).hex()
-    async with Reaper.open() as reaper, guardian(reaper, daemon_id, say):
+    async with tracking(daemon_id, say) as (reaper, _swept), guardian(reaper, daemon_id, say):
         engine = Engine(plan, reaper, echo=echo, say=say, planner=options.planner, daemon_id=daemon_id)
         state = _StateWatch(engine, say)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_signals, signals, engine, say, state)
             tg.start_soon(_answer_lock_probes, lock)
             try:
-                state.server = await tg.start(_serve_api, engine, socket_path(plan, options), options, say)
+                state.server = await tg.start(_serve_api, engine, socket_path(plan, options), options, say, echo)
             except (DaemonAlreadyRunning, ListenError, OSError) as e:
                 # another daemon on this socket: usage (2); a socket that cannot be made: 1
                 print(f"qasup: control socket: {e}", file=sys.stderr, flush=True)
@@ -288,10 +295,13 @@ def _quiet_wakeup_fd() -> None:
         signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
 
 
-async def _serve_api(engine: Engine, path: Path, options: DaemonOptions, say: Say, *,
+async def _serve_api(engine: Engine, path: Path, options: DaemonOptions, say: Say, echo: Echo | None, *,
                      task_status: anyio.abc.TaskStatus[ServeInfo] = anyio.TASK_STATUS_IGNORED) -> None:
-    await serve(engine, path, listen=options.listen, token=options.token,
-                log=lambda m: say(m if m.startswith("api") else f"api: {m}"), task_status=task_status)
+    observed = Observed(plan=lambda: plan_facts(engine.plan), events_total=lambda: engine.events.emitted,
+                        echo_dropped=lambda: echo.dropped if echo is not None else {})
+    await serve(engine, path, listen=options.listen, token=options.token, http=options.http or engine.stack.http,
+                log=lambda m: say(m if m.startswith("api") else f"api: {m}"), observed=observed,
+                task_status=task_status)
 
 
 async def _signals(signals: AsyncIterator[int], engine: Engine, say: Say, state: _StateWatch) -> None:

@@ -180,12 +180,16 @@ if TYPE_CHECKING:
         exit_code: int | None
         last_error: str | None
         gpu: str | None
+        state_since: float | None      # Unix time of the last state change
+        ready_timeout_s: float | None  # the unit's [ready] timeout (a starting service's progress)
+        counters: dict[str, Any]       # log_bytes, log_dropped_bytes, rule_matches, live_failures, last_exit_code
 
     class StackStatus(TypedDict):
         state: str
         pid: int
         uptime_s: float
         name: str
+        time: float                    # the daemon's Unix time when it answered
 
     class StatusPayload(TypedDict):
         stack: StackStatus
@@ -195,14 +199,24 @@ if TYPE_CHECKING:
 def service_status(*, name: str, state: str, pid: int | None = None, restarts: int = 0,
                    uptime_s: float | None = None, ready_after_s: float | None = None,
                    exit_code: int | None = None, last_error: str | None = None,
-                   gpu: str | None = None) -> ServiceStatus:
+                   gpu: str | None = None, state_since: float | None = None,
+                   ready_timeout_s: float | None = None, counters: Mapping[str, Any] | None = None) -> ServiceStatus:
     """One service's row of ``status --json`` (interface.md), keys in their documented order."""
     return {"name": name, "state": str(state), "pid": pid, "restarts": restarts,
             "uptime_s": None if uptime_s is None else round(uptime_s, 3),
             "ready_after_s": None if ready_after_s is None else round(ready_after_s, 3),
-            "exit_code": exit_code, "last_error": last_error, "gpu": gpu}
+            "exit_code": exit_code, "last_error": last_error, "gpu": gpu, "state_since": state_since,
+            "ready_timeout_s": ready_timeout_s,
+            "counters": dict(counters) if counters is not None else {
+                "log_bytes": 0, "log_dropped_bytes": 0, "rule_matches": {}, "live_failures": 0,
+                "last_exit_code": None}}
 
 
-def stack_status(*, state: str, pid: int, uptime_s: float, name: str) -> StackStatus:
-    """The ``stack`` object of ``status --json``."""
-    return {"state": str(state), "pid": pid, "uptime_s": round(uptime_s, 3), "name": name}
+def stack_status(*, state: str, pid: int, uptime_s: float, name: str, now: float | None = None) -> StackStatus:
+    """The ``stack`` object of ``status --json``; ``time`` is ``now`` (default: now, as Unix time), against
+    which a client reads the services' ``state_since`` whatever its own clock says."""
+    if now is None:
+        import time  # (cheap, and only the daemon builds a status)
+
+        now = time.time()
+    return {"state": str(state), "pid": pid, "uptime_s": round(uptime_s, 3), "name": name, "time": round(now, 3)}

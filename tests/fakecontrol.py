@@ -30,6 +30,7 @@ class FakeController:
         self.stack_state = "ready"
         self.stack_pid = 1
         self.stack_uptime = 3730.0
+        self.stack_time = 1_800_000_000.0   # the daemon's clock in the status (fixed: answers compare equal)
         self.stack_name = "qasup"
         self.calls: list[tuple] = []
         self.subscribers: list[Any] = []
@@ -42,7 +43,7 @@ class FakeController:
     def status(self, names=()) -> dict:
         chosen = names or list(self.services)
         return {"stack": stack_status(state=self.stack_state, pid=self.stack_pid, uptime_s=self.stack_uptime,
-                                      name=self.stack_name),
+                                      name=self.stack_name, now=self.stack_time),
                 "services": [self._row(n) for n in chosen]}
 
     def _row(self, name: str) -> dict[str, Any]:

@@ -107,7 +107,12 @@ def test_rules_count_within_restart_fail_warn(stack, up, tmp_path):
     u.wait_out("warner: error rule '^WARNING' (warn)")
     assert "have a look" in u.out
     u.wait_state("warner", "ready")   # the rule's message can come before the marker's ready
-    assert u.states("warner") == ["starting", "starting", "ready"]
+    evs = [e for e in u.events() if e.get("service") == "warner"]
+    rule_evs = [e for e in evs if e.get("message", "").startswith("error rule")]
+    assert [e["state"] for e in evs if e not in rule_evs] == ["starting", "starting", "ready"]
+    # qasup's words about a rule go to its output and the events, never into the service's log file
+    assert [e["message"] for e in rule_evs] == ["error rule '^WARNING' (warn) matched: WARNING: disk nearly full"]
+    assert u.log("warner") == b"up\nWARNING: disk nearly full\n"
     assert u.service_status("warner")["state"] == "ready"
     assert u.proc.poll() is None
     assert u.stop() == 0

@@ -431,7 +431,7 @@ def test_status_rows_and_domain_errors(tmp_path):
     row = next(s for s in st["services"] if s["name"] == "web")
     assert row["state"] == "ready" and row["pid"] == 4000 and row["ready_after_s"] == 0.5
     assert list(row) == ["name", "state", "pid", "restarts", "uptime_s", "ready_after_s", "exit_code",
-                         "last_error", "gpu"]
+                         "last_error", "gpu", "state_since", "ready_timeout_s", "counters"]
     assert st["stack"]["state"] == "ready"
     with pytest.raises(UnknownService):
         w.engine._get("nope")
@@ -463,3 +463,255 @@ def test_reload_disabling_a_running_service_stops_it(tmp_path):
     assert svc.state == S.DISABLED and w.stops("web")
     w.exit("web", 143)
     assert svc.state == S.DISABLED and w.launches("web") == 1
+
+
+# ------------------------------------------------------------------------------------------ [live] actions
+
+def live(action: str, extra: str = "") -> str:
+    return unit(f'[live]\ntcp = "127.0.0.1:9"\nfailures = 3\naction = "{action}"\n' + extra)
+
+
+def events(w: World, name: str) -> list[dict]:
+    got: list[dict] = []
+    w.engine.events.emit = got.append   # type: ignore[method-assign]
+    return got
+
+
+def test_live_restart_stops_and_starts_again_as_a_failure(tmp_path):
+    w = World(tmp_path, {"web": live("restart", '[restart]\npolicy = "never"\ndelay = "2s"\n')})
+    w.up("web")
+    seen = events(w, "web")
+    inst = w.inst("web")
+    w.post("web", m.LiveFailed(inst, 3, "127.0.0.1:9: connection refused"))
+    svc = w.svc("web")
+    text = "liveness: 3 failed checks in a row: 127.0.0.1:9: connection refused"
+    assert svc.state == S.STOPPING and inst.stop_reason is StopReason.LIVE_RESTART and w.stops("web")
+    assert svc.last_error == text and f"web: {text}: restarting it" in w.said
+    assert seen[-1]["state"] == "stopping" and seen[-1]["message"] == f"live-restart: {text}"
+    w.post("web", m.LiveFailed(inst, 4, "again"))    # a later round while stopping: nothing more
+    assert len(w.stops("web")) == 1
+    w.exit("web", 143)
+    # policy "never" does not stop it: the action asked for the restart; it counts (back-off applies)
+    assert svc.state == S.BACKOFF and svc.restarts == 1 and svc.last_error == text
+    assert w.fire("web") == 2.0 and w.launches("web") == 2
+    w.up("web")
+    assert svc.last_error is None
+
+
+def test_repeated_live_restarts_back_off_then_give_up(tmp_path):
+    w = World(tmp_path, {"web": live("restart", '[restart]\ndelay = "1s"\nmax_restarts = 2\nwindow = "10m"\n'),
+                         "api": unit('requires = ["web"]\n')})
+    delays = []
+    for _ in range(2):
+        w.up("web")
+        w.post("web", m.LiveFailed(w.inst("web"), 3, "refused"))
+        w.exit("web", 143)
+        delays.append(w.fire("web"))
+    assert delays == [1.0, 2.0]
+    w.up("web")
+    w.post("web", m.LiveFailed(w.inst("web"), 3, "refused"))
+    w.exit("web", 143)
+    svc = w.svc("web")
+    assert svc.state == S.FAILED and svc.hold is Hold.FAILED
+    assert svc.last_error == ("gave up after 2 restarts within 600s; last error: "
+                              "liveness: 3 failed checks in a row: refused")
+    assert w.launches("web") == 3
+
+
+def test_live_fail_stops_and_holds_it_failed(tmp_path):
+    w = World(tmp_path, {"db": live("fail"), "api": unit('requires = ["db"]\n')})
+    w.up("db")
+    w.up("api")
+    inst = w.inst("db")
+    w.post("db", m.LiveFailed(inst, 3, "timed out"))
+    assert inst.stop_reason is StopReason.LIVE_FAIL and w.svc("db").state == S.STOPPING
+    assert "db: liveness: 3 failed checks in a row: timed out: stopping it (action fail: it stays failed " \
+           "until started)" in w.said
+    w.exit("db", 143)
+    db = w.svc("db")
+    assert db.state == S.FAILED and db.hold is Hold.FAILED and db.restarts == 0
+    assert db.last_error == "liveness: 3 failed checks in a row: timed out"
+    assert w.svc("api").inst.stop_reason is StopReason.DEP_FAIL     # what requires it fails too
+    w.exit("api", 143)
+    assert w.launches("db") == 1 and w.svc("api").state == S.FAILED
+    w.post("db", m.StartRequest())                                   # a user's start clears the hold
+    assert w.launches("db") == 2
+
+
+def test_live_warn_stays_ready_counts_and_clears_on_recovery(tmp_path):
+    w = World(tmp_path, {"web": live("warn")})
+    w.up("web")
+    seen = events(w, "web")
+    inst = w.inst("web")
+    w.post("web", m.LiveFailed(inst, 3, "answered 503"))
+    w.post("web", m.LiveFailed(inst, 4, "answered 500"))
+    svc = w.svc("web")
+    assert svc.state == S.READY and not w.stops("web") and w.engine.stack_state() == "ready"
+    assert svc.last_error == "liveness: 4 failed checks in a row: answered 500"
+    said = [s for s in w.said if "liveness" in s]
+    assert said == ["web: liveness: 3 failed checks in a row: answered 503 (action warn: it stays ready)"]
+    assert [e["message"] for e in seen] == ["liveness: 3 failed checks in a row: answered 503"]
+    assert seen[0]["state"] == seen[0]["prev"] == "ready"
+    w.post("web", m.LiveRecovered(inst))
+    assert svc.last_error is None and svc.state == S.READY and "web: liveness: checks pass again" in w.said
+    assert seen[-1]["message"] == "liveness: checks pass again"
+    w.post("web", m.LiveRecovered(inst))                            # nothing to recover from: silent
+    assert w.said.count("web: liveness: checks pass again") == 1
+    w.post("web", m.LiveFailed(inst, 3, "answered 503"))             # a new streak is said again
+    assert len([s for s in w.said if "failed checks" in s]) == 2
+
+
+def test_live_messages_count_only_while_ready_and_not_stopping(tmp_path):
+    w = World(tmp_path, {"web": live("restart")})
+    inst = w.spawn("web")
+    w.post("web", m.LiveFailed(inst, 3, "early"))                   # starting: the loop runs only once ready
+    assert w.svc("web").state == S.STARTING and not w.stops("web") and w.svc("web").last_error is None
+    w.post("web", m.Ready(inst))
+    w.post("web", m.StopRequest())
+    w.post("web", m.LiveFailed(inst, 3, "while stopping"))
+    assert inst.stop_reason is StopReason.USER and len(w.stops("web")) == 1
+    w.exit("web", 143)
+    assert w.svc("web").state == S.STOPPED and w.svc("web").last_error is None
+    w.post("web", m.StartRequest())
+    w.up("web")
+    w.post("web", m.LiveFailed(inst, 3, "stale"))                   # from the earlier run: dropped
+    assert w.svc("web").state == S.READY and w.svc("web").last_error is None
+
+
+# ------------------------------------------------------------------------------------------ restart_with
+
+CONTROLLER_WORKER = {"controller": unit('[restart]\npolicy = "always"\n'),
+                     "worker": unit('requires = ["controller"]\nrestart_with = ["controller"]\n')}
+
+
+def test_restart_with_restarts_the_follower_once_the_new_instance_is_ready(tmp_path):
+    w = World(tmp_path, CONTROLLER_WORKER)
+    w.up("controller")
+    w.up("worker")
+    seen = events(w, "worker")
+    w.post("controller", m.RestartRequest())
+    w.exit("controller", 143)
+    w.spawn("controller")
+    worker = w.svc("worker")
+    assert worker.state == S.READY and not w.stops("worker"), "not before the new controller is ready"
+    w.post("controller", m.Ready(w.inst("controller")))
+    assert worker.state == S.STOPPING and worker.inst.stop_reason is StopReason.RESTART_WITH
+    why = "restart with controller: controller has a new instance, ready"
+    assert f"worker: {why}" in w.said
+    assert [e["message"] for e in seen if e.get("service") == "worker"] == [f"restart-with: {why}"]
+    w.exit("worker", 143)
+    assert w.launches("worker") == 2 and worker.last_error is None and worker.restarts == 0
+    w.up("worker")
+    assert len(w.stops("worker")) == 1   # its own readiness restarts nothing
+
+
+def test_restart_with_follows_a_crash_and_back_off_but_not_the_back_off_itself(tmp_path):
+    w = World(tmp_path, CONTROLLER_WORKER)
+    w.up("controller")
+    w.up("worker")
+    w.exit("controller", 1)
+    assert w.svc("controller").state == S.BACKOFF and w.svc("worker").state == S.READY
+    w.fire("controller")
+    w.up("controller")
+    assert w.svc("worker").inst.stop_reason is StopReason.RESTART_WITH
+
+
+def test_restart_with_a_chain_restarts_each_after_the_one_before_is_ready(tmp_path):
+    w = World(tmp_path, {"a": unit(), "b": unit('restart_with = ["a"]\n'), "c": unit('restart_with = ["b"]\n')})
+    assert w.engine.graph.after == {"a": (), "b": ("a",), "c": ("b",)}   # restart_with implies after
+    for n in "abc":
+        w.up(n)
+    w.post("a", m.RestartRequest())
+    w.exit("a", 143)
+    w.up("a")
+    assert w.svc("b").state == S.STOPPING and w.svc("c").state == S.READY
+    w.exit("b", 143)
+    assert w.svc("c").state == S.READY and not w.stops("c")
+    w.up("b")
+    assert w.svc("c").inst.stop_reason is StopReason.RESTART_WITH
+    w.exit("c", 143)
+    w.up("c")
+    assert [w.launches(n) for n in "abc"] == [2, 2, 2]
+    assert [len(w.stops(n)) for n in "abc"] == [1, 1, 1]
+
+
+def test_restart_with_not_at_shutdown_nor_after_a_stop_alone(tmp_path):
+    units = {"controller": unit(), "worker": unit('restart_with = ["controller"]\n')}
+    w = World(tmp_path, units)
+    w.up("controller")
+    w.up("worker")
+    w.post("controller", m.StopRequest())
+    w.exit("controller", 143)
+    assert w.svc("controller").state == S.STOPPED
+    assert w.svc("worker").state == S.READY and not w.stops("worker")   # only `after`: it keeps running
+    w.post("controller", m.StartRequest())                             # a start after the stop: a new one
+    w.up("controller")
+    assert w.svc("worker").inst.stop_reason is StopReason.RESTART_WITH
+    w.exit("worker", 143)
+    w.up("worker")
+    w.engine.begin_shutdown("test")
+    w.settle()
+    w.exit("worker", 0)
+    w.exit("controller", 0)
+    assert w.launches("worker") == 2 and w.launches("controller") == 2
+    assert w.svc("worker").state == S.STOPPED
+
+
+def test_restart_with_dependents_restarts_the_follower_once_only(tmp_path):
+    w = World(tmp_path, CONTROLLER_WORKER)
+    w.up("controller")
+    w.up("worker")
+    w.post("controller", m.RestartRequest())
+    w.post("worker", m.RestartRequest())        # what `restart --with-dependents` posts
+    w.exit("worker", 143)
+    w.exit("controller", 143)
+    assert w.svc("worker").state == S.WAITING
+    w.up("controller")
+    assert w.launches("worker") == 2 and w.svc("worker").inst.stop_reason is None
+    w.up("worker")
+    assert len(w.stops("worker")) == 1 and w.launches("worker") == 2
+
+
+def test_restart_with_a_follower_not_running_just_follows_its_dependencies(tmp_path):
+    w = World(tmp_path, {"controller": unit(), "worker": unit(
+        'requires = ["controller"]\nrestart_with = ["controller"]\n[restart]\npolicy = "always"\ndelay = "5s"\n')})
+    w.up("controller")
+    w.up("worker")
+    w.exit("worker", 1)
+    assert w.svc("worker").state == S.BACKOFF
+    w.post("controller", m.RestartRequest())
+    w.exit("controller", 143)
+    w.up("controller")
+    assert w.svc("worker").state == S.BACKOFF and w.launches("worker") == 1
+    w.fire("worker")
+    assert w.launches("worker") == 2
+    w.up("worker")
+    assert len(w.stops("worker")) == 0
+
+
+def test_restart_with_a_live_restart_of_the_named_service(tmp_path):
+    w = World(tmp_path, {"controller": live("restart"), "worker": unit('restart_with = ["controller"]\n')})
+    w.up("controller")
+    w.up("worker")
+    w.post("controller", m.LiveFailed(w.inst("controller"), 3, "refused"))
+    w.exit("controller", 143)
+    w.fire("controller")
+    w.up("controller")
+    assert w.svc("worker").inst.stop_reason is StopReason.RESTART_WITH
+
+
+def test_reload_counts_a_changed_live_or_restart_with_as_a_change(tmp_path):
+    from supervisor.engine.reload import fingerprint
+
+    def plan_units(folder: str, worker: str):   # one stack folder, the worker's unit rewritten each time
+        config = load_config(cwd=make_stack(tmp_path, {"controller": unit(), "worker": worker}))
+        probs = Problems()
+        plan = make_plan(config, {}, [], probs, environ={}, check_paths=False)
+        assert not probs.items
+        return fingerprint(plan.resolved["worker"], plan.services["worker"])
+
+    base = plan_units("a", unit())
+    assert plan_units("b", unit()) == base
+    assert plan_units("c", unit('restart_with = ["controller"]\n')) != base
+    assert plan_units("d", live("warn")) != base
+    assert plan_units("e", live("warn")) != plan_units("f", live("restart"))

@@ -67,20 +67,26 @@ def test_prepare_runs_first_and_when_changed_skips_it(stack, up, tmp_path):
                prepare={"command": ["sh", "-c", prep], "when_changed": ["src"], "timeout": "10s"},
                ready={"log": "^started$", "timeout": "5s"}, restart={"policy": "never"})
 
+    outs: list[str] = []
+
     def run_once() -> tuple[int, list[str]]:
         u = up().start()
         u.wait_out("services ready", 15)
         states = u.states("svc")
         assert u.stop() == 0
+        outs.append(u.out)
         return len(counter.read_text().splitlines()) if counter.exists() else 0, states
 
     runs, states = run_once()
     assert runs == 1
     assert states[:3] == ["preparing", "starting", "starting"] or states[:2] == ["preparing", "starting"]
     assert b"prepared-ok" in (tmp_path / "logs" / "svc.log").read_bytes()
+    assert "svc: prepare: sh -c" in outs[-1]
     runs, _ = run_once()
     assert runs == 1, "unchanged when_changed paths: prepare skipped"
-    assert b"prepare skipped" in (tmp_path / "logs" / "svc.log").read_bytes()
+    assert "svc: prepare skipped" in outs[-1], "qasup's own words go to its output"
+    assert b"prepare" not in (tmp_path / "logs" / "svc.log").read_bytes().replace(b"prepared-ok", b""), \
+        "the log file holds the service's bytes only"
     (src / "a.txt").write_text("two")
     (tmp_path / "fail-prepare").write_text("")
     u = up().start()

@@ -149,7 +149,7 @@ def test_shutdown_while_preparing_waiting_and_in_backoff(stack, up, tmp_path):
     u = up().start()
     u.wait_state("prep", "preparing")
     u.wait_state("loop", "backoff")
-    poll(lambda: b"preparing" in u.log("prep"), 5, "prepare's first line")
+    u.wait_out("prep: prepare: sh -c", 5)
     t0 = time.monotonic()
     assert u.stop() == 0
     assert time.monotonic() - t0 < 3

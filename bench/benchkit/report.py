@@ -194,6 +194,7 @@ def behind(lines: list[Line], results: dict[int, Result]) -> list[str]:
             out.append(f"Scenario {ln.row.sid}, {ln.row.label}: qasup {fmt(ln.q, ln.row.unit)} vs supervisord "
                        f"{fmt(ln.o, ln.row.unit)} ({ln.ratio:.2f}x).")
     for res in results.values():
+        out += [f"Scenario {res.sid}, {m}." for m in getattr(res, "misses", [])]   # realworld.RealResult
         for f in res.failures:
             out.append(f"Scenario {res.sid} failed: {f}")
     return out

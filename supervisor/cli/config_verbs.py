@@ -7,12 +7,18 @@ import json
 import sys
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from supervisor.cli.flags import RUNSH_FLAGS
 from supervisor.errors import ConfigError
 from supervisor.plan.pipeline import PlanRequest, UsageError, load_plan
 from supervisor.plan.result import Plan
 from supervisor.protocol import Exit, mask_env
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from supervisor.plan.dropins import DropinUse
 
 __all__ = ["cmd_check", "cmd_plan", "cmd_up", "overrides", "plan_request"]
 
@@ -119,6 +125,7 @@ def _print_plan(plan: Plan) -> None:
                 gpu = f" gpu {','.join(map(str, s.gpu_ids))}" if s.gpu_ids else ""
                 vram = f" {s.vram_mib} MiB" if s.vram_mib else ""
                 out(f"  wave {k}: {n:<24} needs: {deps}{gpu}{vram}  ({s.reason})\n")
+                _print_dropins(plan, s.dropins, out)
     for a, b in plan.gpu_edges:
         out(f"  gpu order: {b} starts after {a} is ready (they share a GPU; largest first)\n")
     disabled = [s for s in plan.services.values() if not s.enabled]
@@ -126,6 +133,18 @@ def _print_plan(plan: Plan) -> None:
         out("disabled:\n")
         for s in disabled:
             out(f"  {s.name:<24} {s.reason}\n")
+
+
+def _print_dropins(plan: Plan, dropins: tuple[DropinUse, ...], out: Callable[[str], object]) -> None:
+    """A service's conditional drop-ins under its line: which applied in this plan and why."""
+    root = plan.config.stack.root
+    for d in dropins:
+        try:
+            shown = d.file.relative_to(root)
+        except ValueError:
+            shown = d.file
+        mark = "+ applied" if d.applied else "- skipped"
+        out(f"           {mark} {shown} ({d.reason})\n")
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -155,7 +174,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     try:
         options = DaemonOptions.from_values(socket=getattr(args, "socket", None), listen=getattr(args, "listen", None),
-                                            no_echo=getattr(args, "no_echo", False), planner=planner)
+                                            no_echo=getattr(args, "no_echo", False), planner=planner,
+                                            http=getattr(args, "http", None))
     except OptionsError as e:
         print(f"qasup: {e}", file=sys.stderr)
         return Exit.CONFIG

@@ -124,11 +124,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                                     "shutdown (a second SIGINT kills at once).",
                         epilog="examples:\n  qasup up\n  qasup up -b vllm -m Qwen-7B -s 7B -i 0,1\n"
                                "  qasup up --listen 127.0.0.1:8790   (needs QASUP_TOKEN, >= 20 characters)\n"
+                               "  qasup up --http 0.0.0.0:9100       (status page at /, Prometheus at /metrics)\n"
                                "exit: 0 clean shutdown; 1 aborted; 2 bad configuration")
     _add_common(up, top=False)
     _add_plan_flags(up)
     up.add_argument("--listen", metavar="HOST:PORT", default=None,
                     help="also serve the control API on TCP (requires QASUP_TOKEN)")
+    up.add_argument("--http", metavar="HOST:PORT", default=None,
+                    help="serve the read-only status page, /metrics, /v1/status and /v1/events there, without a "
+                         "token (default: [stack] http)")
     up.add_argument("--no-echo", action="store_true", help="do not copy service output to stdout")
 
     ck = sub.add_parser("check", help="validate the stack file and every unit", formatter_class=fmt,

@@ -24,7 +24,7 @@ def check_static(units: dict[str, UnitSpec], probs: Problems, broken: set[str]) 
     for u in units.values():
         known.update(u.provides)
     for u in units.values():
-        for key in ("requires", "after"):
+        for key in ("requires", "after", "restart_with"):
             for dep in getattr(u, key):
                 if dep not in known:
                     hint = closest(dep, known)

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from supervisor.config.safefile import FileRefused, file_problem, read_regular
+from supervisor.config.spec import DropinPart
 from supervisor.config.tomlerror import locate
 from supervisor.errors import Problems
 
 __all__ = ["STACK_FILE", "check_dropin_folders", "find_stack", "list_folder", "list_unit_files", "merge",
-           "read_toml", "read_unit", "record_origins"]
+           "merge_parts", "read_toml", "read_unit", "record_origins"]
 
 STACK_FILE = "qasup.toml"
 
@@ -154,17 +155,30 @@ def check_dropin_folders(dropin_dirs: Sequence[Path], names: set[str], probs: Pr
                 probs.add(sub, "-", f"drop-in folder for unit {n[:-2]!r}, which does not exist")
 
 
-def read_unit(path: Path, dropin_dirs: Sequence[Path], probs: Problems
-              ) -> tuple[dict[str, Any], tuple[Path, ...], dict[str, Path]] | None:
-    """A unit file with its drop-ins merged over it: ``(data, sources, origins)``; None if the unit file
-    cannot be read. ``sources`` are the files applied, in order; ``origins`` maps a key to the drop-in that
-    wrote it last (keys the unit file wrote are not in it). A drop-in that cannot be read (or a folder that
-    cannot be listed) is reported and skipped."""
-    data = read_toml(path, probs)
-    if data is None:
+class UnitRead(NamedTuple):
+    data: dict[str, Any]          # the unit file with the drop-ins that always apply merged in
+    sources: tuple[Path, ...]
+    origins: dict[str, Path]
+    parts: list[DropinPart]       # every drop-in, in order
+    base: dict[str, Any]          # the unit file alone
+
+
+def read_unit(path: Path, dropin_dirs: Sequence[Path], probs: Problems) -> UnitRead | None:
+    """A unit file with its drop-ins merged over it (:class:`UnitRead`); None if the unit file cannot be read. ``data`` has the drop-ins that always apply merged in; ``parts`` lists every drop-in in the
+    order it applies (:func:`merge_parts` merges them again for a plan, skipping the conditional ones whose
+    ``[when]`` does not match). ``sources`` are the files applied, in order; ``origins`` maps a key to the drop-in
+    that wrote it last (keys the unit file wrote are not in it). A drop-in that cannot be read (or a folder that
+    cannot be listed) is reported and skipped.
+
+    A drop-in with a top-level ``[when]`` table is *conditional*: that table is its condition (the unit's own
+    ``[when]`` is not changed by it), checked against the plan's facts like a unit's."""
+    base = read_toml(path, probs)
+    if base is None:
         return None
+    data = base
     sources = [path]
     origins: dict[str, Path] = {}
+    parts: list[DropinPart] = []
     for d in dropin_dirs:
         folder = d / f"{path.stem}.d"
         if not os.path.isdir(folder):   # not there, or not a folder (check_dropin_folders reports that)
@@ -178,8 +192,27 @@ def read_unit(path: Path, dropin_dirs: Sequence[Path], probs: Problems
                 probs.add(dp, "-", why)
                 continue
             over = read_toml(dp, probs)
-            if over is not None:
+            if over is None:
+                continue
+            when = over.pop("when", None)
+            parts.append(DropinPart(dp, when, over))
+            if when is None:
                 record_origins(origins, data, over, dp)
                 data = merge(data, over)
                 sources.append(dp)
+    return UnitRead(data, tuple(sources), origins, parts, base)
+
+
+def merge_parts(base: dict[str, Any], parts: Sequence[DropinPart], applies: Callable[[DropinPart], bool]
+                ) -> tuple[dict[str, Any], tuple[Path, ...], dict[str, Path]]:
+    """``base`` (the unit file) with the ``parts`` that ``applies`` accepts merged over it, in order:
+    ``(data, sources, origins)`` as :func:`read_unit` gives them."""
+    data = base
+    sources: list[Path] = []
+    origins: dict[str, Path] = {}
+    for part in parts:
+        if applies(part):
+            record_origins(origins, data, dict(part.data), part.file)
+            data = merge(data, dict(part.data))
+            sources.append(part.file)
     return data, tuple(sources), origins

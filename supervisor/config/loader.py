@@ -17,8 +17,16 @@ import stat
 from pathlib import Path
 from types import MappingProxyType
 
+from supervisor.config.accounts import check_accounts
 from supervisor.config.checks import check_static
-from supervisor.config.files import STACK_FILE, check_dropin_folders, find_stack, list_unit_files, read_unit
+from supervisor.config.conditional import with_conditionals
+from supervisor.config.files import (
+    STACK_FILE,
+    check_dropin_folders,
+    find_stack,
+    list_unit_files,
+    read_unit,
+)
 from supervisor.config.spec import Config, UnitSpec
 from supervisor.config.stack import load_stack
 from supervisor.config.unit import load_unit
@@ -82,8 +90,10 @@ def _load(config: Path | None, cwd: Path, probs: Problems) -> Config | None:
         if read is None:
             broken.add(name)
             continue
-        data, sources, origins = read
-        units[name] = load_unit(name, path, data, probs, sources, origins)
+        units[name] = load_unit(name, path, read.data, probs, read.sources, read.origins)
+        if any(p.when is not None for p in read.parts):   # conditional drop-ins: the plan applies the matching
+            units[name] = with_conditionals(units[name], read.base, read.parts, probs)
+        check_accounts(units[name], probs)   # unknown users and groups (whether qasup may switch: at start)
     if not unit_files and not broken:
         probs.add(services_dir, "-", "no unit files (*.toml) here")
     check_static(units, probs, broken)

@@ -133,6 +133,27 @@ class LogRule:
 
 
 @dataclass(frozen=True)
+class DropinPart:
+    """One drop-in file of a unit, as read: ``when`` is its own condition (a conditional drop-in applies only in
+    plans whose facts match it; None: it always applies), ``data`` the rest of its keys, as written."""
+
+    file: Path
+    when: Any
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Conditional:
+    """A unit's conditional drop-ins, kept so that the plan can merge the unit again with those that match:
+    the unit file's own data, every drop-in in order (conditional or not), and each conditional one's
+    validated condition (by file)."""
+
+    base: Mapping[str, Any]
+    parts: tuple[DropinPart, ...]
+    when: Mapping[Path, Mapping[str, tuple[object, ...]]]
+
+
+@dataclass(frozen=True)
 class UnitSpec:
     name: str
     file: Path
@@ -164,6 +185,7 @@ class UnitSpec:
     on_log: tuple[LogRule, ...] = ()
     sources: tuple[Path, ...] = ()   # the unit file and its drop-ins, in the order applied
     origins: Mapping[str, Path] = field(default_factory=_empty, compare=False)  # key -> drop-in that set it
+    conditional: Conditional | None = field(default=None, compare=False)   # drop-ins with their own [when]
 
     def file_of(self, key: str) -> Path:
         """The file that wrote ``key`` (``requires``, ``ready.http.url``, ``on_log[1].message``): the drop-in
@@ -184,6 +206,7 @@ class StackSpec:
     echo: bool = True
     stop_budget: float = 30.0
     banner: str = ""
+    http: tuple[str, int] | None = None   # the read-only listener (status page, /metrics); `up --http` wins
     plan: Mapping[str, object] = field(default_factory=_empty)   # the [plan] table as written (validated keys)
     has_plan_table: bool = False
 

@@ -16,14 +16,15 @@ from supervisor.config.files import read_toml
 from supervisor.config.reader import MISSING, Reader
 from supervisor.config.spec import StackSpec
 from supervisor.errors import Problems
-from supervisor.protocol import DEFAULT_SOCKET_NAME, SOCKET_ENV
+from supervisor.protocol import DEFAULT_SOCKET_NAME, SOCKET_ENV, parse_hostport
 
 __all__ = ["PLAN_KEYS", "SOCKET_PATH_MAX", "STACK_KEYS", "check_socket_path", "default_socket", "load_stack"]
 
 SOCKET_PATH_MAX = 107
 """The longest path (in bytes) a Unix socket can be bound to (``sun_path`` holds 108, a NUL included)."""
 
-STACK_KEYS = {"name", "services", "log_dir", "state_dir", "env_file", "echo", "stop_budget", "banner", "dropins"}
+STACK_KEYS = {"name", "services", "log_dir", "state_dir", "env_file", "echo", "stop_budget", "banner", "dropins",
+              "http"}
 
 PLAN_KEYS: dict[str, type | tuple[type, ...]] = {
     "llm_api": str, "device_id": str, "runtime_backend": str, "model_name": str, "model_size": str,
@@ -64,6 +65,13 @@ def load_stack(root: Path, file: Path | None, probs: Problems) -> StackSpec:
         kw["stop_budget"] = st.duration("stop_budget", StackSpec.stop_budget)
         kw["banner"] = st.string("banner", StackSpec.banner)
         kw["dropins"] = tuple(Path(p) for p in (st.str_list("dropins") or ()))
+        http = st.string("http")
+        if http is not None:
+            try:
+                kw["http"] = parse_hostport(http)
+            except ValueError:
+                st.err("http", f"{http!r} is not HOST:PORT (the read-only status page and /metrics listener, "
+                               "e.g. \"0.0.0.0:9100\"; a port from 1 to 65535)")
     plan: dict[str, object] = {}
     pt = top.sub("plan", set(PLAN_KEYS))
     if pt is not None:

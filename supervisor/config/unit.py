@@ -20,7 +20,7 @@ from supervisor.config.reader import MISSING, Reader, typename
 from supervisor.config.values import parse_signal
 from supervisor.errors import Problems
 
-__all__ = ["UNIT_KEYS", "load_unit"]
+__all__ = ["UNIT_KEYS", "load_unit", "load_when"]
 
 UNIT_KEYS = {
     "description", "command", "cwd", "env", "env_files", "requires", "after", "provides", "enabled", "gpu",
@@ -68,7 +68,7 @@ def load_unit(name: str, path: Path, data: dict[str, Any], probs: Problems,
     for key in ("requires", "after", "restart_with"):
         if name in kw[key]:
             r.err(key, f"{name!r} cannot depend on itself: {name} -> {name}")
-    kw["when"] = _load_when(r)
+    kw["when"] = load_when(r)
     prepare = _load_prepare(r)
     if prepare is not None:
         kw["prepare"] = prepare
@@ -92,13 +92,15 @@ def load_unit(name: str, path: Path, data: dict[str, Any], probs: Problems,
                       origins=MappingProxyType(dict(origins or {})), **kw)
 
 
-def _load_when(r: Reader) -> MappingProxyType[str, tuple[object, ...]]:
+def load_when(r: Reader) -> MappingProxyType[str, tuple[object, ...]]:
     t = r.table("when")
     out: dict[str, tuple[object, ...]] = {}
     for k, v in (t or {}).items():
         key = f"when.{k}"
         if k not in WHEN_FACTS:
-            r.err(key, f"unknown condition (known: {', '.join(WHEN_FACTS)})")
+            hint = (f"; {k!r} is a unit key: write it above [when] (a table runs to the next [header])"
+                    if k in UNIT_KEYS else "")
+            r.err(key, f"unknown condition (known: {', '.join(WHEN_FACTS)}){hint}")
             continue
         kind, choices = WHEN_FACTS[k]
         values = v if isinstance(v, list) else [v]

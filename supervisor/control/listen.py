@@ -99,13 +99,14 @@ def _socket_answers(path: Path) -> bool:
         probe.close()
 
 
-def bind_tcp_socket(listen: tuple[str, int]) -> socket.socket:
-    """Bind and listen on ``(host, port)`` (port 0: any free one), non-blocking."""
+def bind_tcp_socket(listen: tuple[str, int], what: str = "--listen") -> socket.socket:
+    """Bind and listen on ``(host, port)`` (port 0: any free one), non-blocking; ``what`` names the option in
+    messages."""
     host, port = listen
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise ListenError(f"--listen {host}:{port}: {exc.strerror}") from None
+        raise ListenError(f"{what} {host}:{port}: {exc.strerror}") from None
     family, socktype, proto, _, address = infos[0]
     sock = socket.socket(family, socktype, proto)
     try:
@@ -115,7 +116,7 @@ def bind_tcp_socket(listen: tuple[str, int]) -> socket.socket:
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise ListenError(f"{what} {host}:{port}: cannot listen there: {exc.strerror or exc}") from None
     return sock
 
 

@@ -8,7 +8,8 @@ answer: a service action the controller has not finished within ``Limits.action_
 action itself may go on), and the streamed answers queue at most ``Limits.stream_buffer_bytes`` for a slow
 reader, which then skips ahead and is told so (:mod:`supervisor.control.streams`)::
 
-    GET  /v1/status[?names=a,b]
+    GET  /v1/status[?names=a,b][&plan=1]            plan=1 adds "plan": the plan's facts (the status page's)
+    GET  /metrics                                    the Prometheus text format (supervisor.control.metrics)
     POST /v1/services/NAME/start | stop | restart[?with_dependents=1]   (or body {"with_dependents": true})
     GET  /v1/services/NAME/logs?n=100&follow=1       text/plain; with follow=1 streamed (chunked)
     GET  /v1/events                                  application/x-ndjson, one JSON object a line, streamed
@@ -39,6 +40,8 @@ from supervisor.control.http import (
     parse_bool,
     parse_target,
 )
+from supervisor.control.metrics import CONTENT_TYPE as METRICS_TYPE
+from supervisor.control.metrics import Observed, render_metrics
 from supervisor.control.streams import StreamBuffer, StreamPool
 from supervisor.protocol import NAME_RE
 
@@ -52,8 +55,10 @@ _T = TypeVar("_T")
 class Routes:
     """Answers requests for one server: holds the controller, the token and the count of open streams."""
 
-    def __init__(self, controller: Controller, log: Callable[[str], None], limits: Limits, token: str | None) -> None:
+    def __init__(self, controller: Controller, log: Callable[[str], None], limits: Limits, token: str | None,
+                 observed: Observed | None = None) -> None:
         self.controller = controller
+        self.observed = observed or Observed()
         self.log = log
         self.limits = limits
         self._token = token.encode("utf-8") if token else None
@@ -88,6 +93,9 @@ class Routes:
 
     async def _route(self, ch: Channel, req: Request) -> bool:
         seg = req.segments
+        if seg == ["metrics"]:
+            allow(req, "GET")
+            return await self._metrics(ch, req)
         if len(seg) == 2 and seg[0] == "v1":
             if seg[1] == "status":
                 allow(req, "GET")
@@ -120,12 +128,22 @@ class Routes:
     # ----------------------------------------------------------------- endpoints
 
     async def _status(self, ch: Channel, req: Request) -> bool:
-        check_query(req.query, ["names"])
+        check_query(req.query, ["names", "plan"])
         names = [n for n in req.query.get("names", "").split(",") if n]
+        with_plan = parse_bool(req.query.get("plan", "0"), "plan")
         for name in names:
             self._known_name(name)
-        payload = self._call_sync(self.controller.status, names)
+        payload: dict[str, Any] = dict(self._call_sync(self.controller.status, names))
+        if with_plan:
+            payload["plan"] = self._call_sync(self.observed.plan)
         await ch.respond_json(200, payload)
+        return True
+
+    async def _metrics(self, ch: Channel, req: Request) -> bool:
+        check_query(req.query, [])
+        status = self._call_sync(self.controller.status, ())
+        text = self._call_sync(render_metrics, status, self.observed)
+        await ch.respond(200, text.encode("utf-8"), content_type=METRICS_TYPE)
         return True
 
     async def _service_action(self, ch: Channel, req: Request, name: str, action: str) -> bool:

@@ -40,6 +40,8 @@ from supervisor.control.listen import (
     remove_our_socket,
     require_token,
 )
+from supervisor.control.metrics import Observed
+from supervisor.control.readonly import ReadOnlyRoutes
 from supervisor.control.routes import Routes
 from supervisor.proc.kernel import out_of_fds, out_of_fds_text
 
@@ -48,6 +50,7 @@ __all__ = [
     "DaemonAlreadyRunning",
     "Limits",
     "ListenError",
+    "Observed",
     "ServeInfo",
     "serve",
 ]
@@ -64,6 +67,7 @@ class ServeInfo:
 
     socket_path: Path
     tcp_address: tuple[str, int] | None
+    http_address: tuple[str, int] | None = None   # the read-only listener's (--http), when there is one
     recheck: Callable[[], None] = field(default=_nothing, compare=False, repr=False)
     check_every: Callable[[float], None] = field(default=lambda _s: None, compare=False, repr=False)
     """Set the period of the socket's own checks (``math.inf``: only at ``recheck()``, when the caller watches
@@ -86,14 +90,20 @@ async def serve(
     token: str | None = None,
     log: Callable[[str], None] = _default_log,
     limits: Limits = Limits(),
+    http: tuple[str, int] | None = None,
+    observed: Observed | None = None,
     task_status: anyio.abc.TaskStatus[ServeInfo] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the control API until cancelled; the socket file is removed on exit.
 
+    With ``http``, also the read-only listener there (:mod:`supervisor.control.readonly`: the status page,
+    ``/metrics``, status and events, no token), with connection and stream limits of its own. ``observed``
+    is what ``/metrics`` and the page read besides the status (:class:`~supervisor.control.metrics.Observed`).
+
     Raises ``DaemonAlreadyRunning`` when another daemon answers on ``socket_path`` and
     ``ListenError`` when the socket or the TCP listener cannot be set up (for TCP: no token, or
     one shorter than 20 characters).  ``task_status.started()`` receives a ``ServeInfo`` with the
-    actual TCP address (useful with port 0).  A socket file (or its folder) deleted while serving is
+    actual TCP addresses (useful with port 0).  A socket file (or its folder) deleted while serving is
     noticed within ``SOCKET_CHECK_EVERY`` seconds (or at ``ServeInfo.recheck()``) and made again.
     """
     socket_path = Path(socket_path)
@@ -102,13 +112,17 @@ async def serve(
     bound = bind_unix_socket(socket_path)
     unix_sock: socket.socket | None = bound  # closed here unless a listener owns it
     tcp_sock: socket.socket | None = None
-    server = _ApiServer(Routes(controller, log, limits, token), log, limits)
+    http_sock: socket.socket | None = None
+    server = _ApiServer(Routes(controller, log, limits, token, observed), log, limits)
     unix = _UnixSocket(socket_path, server, log)
     unix.inode = os.stat(socket_path).st_ino
     tcp_listener: anyio.abc.SocketListener | None = None
+    http_listener: anyio.abc.SocketListener | None = None
     try:
         if listen is not None:
             tcp_sock = bind_tcp_socket(listen)
+        if http is not None:
+            http_sock = bind_tcp_socket(http, "--http")
         unix_listener = await anyio.abc.SocketListener.from_socket(bound)
         unix_sock = None  # owned by the listener now
         tcp_address = None
@@ -116,24 +130,33 @@ async def serve(
             tcp_address = tcp_sock.getsockname()[:2]
             tcp_listener = await anyio.abc.SocketListener.from_socket(tcp_sock)
             tcp_sock = None
+        http_address = None
+        if http_sock is not None:
+            http_address = http_sock.getsockname()[:2]
+            http_listener = await anyio.abc.SocketListener.from_socket(http_sock)
+            http_sock = None
         try:
             async with anyio.create_task_group() as tg:
                 unix.install(unix_listener, unix.inode, tg)
                 if tcp_listener is not None:
                     tg.start_soon(server.accept_loop, tcp_listener, True, tg)
+                if http_listener is not None:
+                    readonly = _ApiServer(ReadOnlyRoutes(controller, log, limits, observed), log, limits)
+                    tg.start_soon(readonly.accept_loop, http_listener, True, tg)
+                    log(f"api: status page and /metrics on {_url(http_address)} (read-only, no token)")
                 tg.start_soon(unix.watch, tg)
-                task_status.started(ServeInfo(socket_path, tcp_address, recheck=unix.poke,
+                task_status.started(ServeInfo(socket_path, tcp_address, http_address, recheck=unix.poke,
                                                check_every=unix.set_check_every))
         finally:
             with anyio.CancelScope(shield=True):
                 await unix.close()
-                if tcp_listener is not None:
-                    await tcp_listener.aclose()
+                for listener in (tcp_listener, http_listener):
+                    if listener is not None:
+                        await listener.aclose()
     finally:
-        if unix_sock is not None:
-            unix_sock.close()
-        if tcp_sock is not None:
-            tcp_sock.close()
+        for sock in (unix_sock, tcp_sock, http_sock):
+            if sock is not None:
+                sock.close()
         remove_our_socket(socket_path, unix.inode)
 
 
@@ -305,6 +328,12 @@ class _ApiServer:
                 return
             ch.conn.start_next_cycle()
             ch.bytes_this_cycle = 0
+
+
+def _url(address: tuple[str, int] | None) -> str:
+    assert address is not None
+    host, port = address
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 def _peer_label(stream: anyio.abc.SocketStream, is_tcp: bool) -> str:

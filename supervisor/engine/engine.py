@@ -198,6 +198,9 @@ class Engine:
     def requires(self, name: str) -> Iterable[str]:
         return self.graph.requires.get(name, ())
 
+    def restart_with(self, name: str) -> Iterable[str]:
+        return self.graph.restart_with.get(name, ())
+
     def service(self, name: str) -> Service:
         return self.services[name]
 
@@ -386,10 +389,8 @@ class Engine:
                 self.services[name].post(msg)
             for svc in self.services.values():
                 svc.post(m.Poke())
-            self.record(None, "", f"reloaded: changed {change.changed}, added {change.added_names}, "
-                                  f"removed {change.removed}")
-            self.say(f"reload: changed {', '.join(change.changed) or 'none'}; added "
-                     f"{', '.join(change.added_names) or 'none'}; removed {', '.join(change.removed) or 'none'}")
+            self.record(None, "", f"reloaded: {change.summary()}")
+            self.say(f"reload: {change.summary()}")
             return {"ok": True, "changed": change.changed, "added": change.added_names, "removed": change.removed}
 
 

@@ -23,12 +23,14 @@ class EventLog:
     def __init__(self) -> None:
         self._file: IO[str] | None = None
         self._subscribers: set[MemoryObjectSendStream[dict[str, Any]]] = set()
+        self.emitted = 0   # events since the daemon started (qasup_events_total)
 
     def open(self, path: Path) -> None:
         """Append to ``path`` from now on (line-buffered, mode 0600 whatever the umask); raises OSError."""
         self._file = open_private_text(path)
 
     def emit(self, event: dict[str, Any]) -> None:
+        self.emitted += 1
         if self._file is not None:
             try:
                 self._file.write(json.dumps(event) + "\n")

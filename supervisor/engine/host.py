@@ -1,18 +1,19 @@
 """The real :class:`~supervisor.engine.instance.ServiceHost`: runs a service's processes and reads their output.
 
 One run: resolve the unit again (env files are read at each start), check required paths, prepare (skipped when
-``when_changed`` contents did not change), follow the tailed files, spawn, capture the output into the log file,
-the scanner and the echo, probe readiness, wait for the exit with the pipe drained and no process left. Each
-outcome is posted to the service's mailbox; the state machine decides what it means.
+``when_changed`` contents did not change), follow the tailed files, spawn; then :mod:`supervisor.engine.lifetime`
+captures the output into the log file, the scanner and the echo, probes readiness and liveness, follows a forking
+service's daemon, and waits for the exit with the pipe drained and no process left. Each outcome is posted to the
+service's mailbox; the state machine decides what it means. The log file holds the service's bytes only: qasup's
+own words about it (rule reports, prepare) go to qasup's output and the events.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,27 +22,26 @@ import anyio.abc
 
 from supervisor.engine import messages as m
 from supervisor.engine.instance import Instance
+from supervisor.engine.lifetime import DRAIN_AFTER_EXIT, Lifetime, Run, stop_run
 from supervisor.errors import Problems
-from supervisor.logs.capture import capture, make_pipe
+from supervisor.logs.capture import make_pipe
 from supervisor.logs.echo import Echo
 from supervisor.logs.follow import follow
 from supervisor.logs.rotate import LogError, RotatingFile
 from supervisor.logs.scan import LineScanner, PatternSet
 from supervisor.proc import contenthash
 from supervisor.proc.kernel import SpawnError, fd_shortage, out_of_fds, out_of_fds_text, with_fds_text
-from supervisor.proc.reaper import Child, Reaper
+from supervisor.proc.reaper import Reaper
 from supervisor.proc.run import run_to_completion
-from supervisor.proc.stop import terminate
-from supervisor.proc.tree import anything_left, members
-from supervisor.readiness.probes import LogMarker, Probe, build_probes, wait_ready, why_not_ready
+from supervisor.proc.spawn import unit_credentials
+from supervisor.proc.stop import kill_tree
+from supervisor.readiness.live import build_checks
+from supervisor.readiness.probes import build_probes
 
 if TYPE_CHECKING:
     from supervisor.engine.service import Service
     from supervisor.plan.resolve import ResolvedUnit
     from supervisor.plan.result import ServicePlan
-
-DRAIN_AFTER_EXIT = 2.0   # seconds to wait for the pipe's EOF after the leader exited, before killing leftovers
-
 
 @dataclass(frozen=True)
 class HostContext:
@@ -56,18 +56,6 @@ class HostContext:
     resolve: Callable[[Service, Problems], ResolvedUnit | None]
 
 
-@dataclass(eq=False)
-class _Run:
-    """The I/O side of one instance."""
-
-    inst: Instance
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    child: Child | None = None
-    marker: LogMarker | None = None
-    probes: list[Probe] = field(default_factory=list)
-    read_fd: int = -1
-
-
 class ProcessHost:
     """Runs one service's processes (see the module's docstring)."""
 
@@ -77,7 +65,7 @@ class ProcessHost:
         self.name = svc.name
         self.unit = svc.unit   # the latest resolved unit (the state machine learns of it by a message)
         self.tg: anyio.abc.TaskGroup | None = None
-        self.run: _Run | None = None
+        self.run: Run | None = None
         self.patterns: PatternSet | None = None
         self.pattern_key: tuple[str, ...] | None = None
         self.logfile: RotatingFile | None = None
@@ -89,7 +77,7 @@ class ProcessHost:
         self.tg = tg
 
     def launch(self, inst: Instance) -> None:
-        run = self.run = _Run(inst)
+        run = self.run = Run(inst)
         assert self.tg is not None
         self.tg.start_soon(self._instance_main, run)
 
@@ -101,19 +89,15 @@ class ProcessHost:
             run.scope.cancel()   # still preparing: cancel it (prepare's process tree is terminated)
         else:
             assert self.tg is not None
-            self.tg.start_soon(terminate, run.child, self.svc.spec.stop.signal, timeout)
+            stop = self.unit.spec.stop
+            self.tg.start_soon(stop_run, run, stop.signal, timeout, stop.mode)
 
     def kill(self, inst: Instance) -> None:
         run = self._run_of(inst)
         if run is None:
             return
         if run.child is not None:
-            run.child.signal_group(signal.SIGKILL)
-            for pid in members(run.child):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+            kill_tree(run.child, run.main)
         else:
             run.scope.cancel()
 
@@ -123,12 +107,16 @@ class ProcessHost:
 
     def live_pid(self, inst: Instance) -> int | None:
         run = self._run_of(inst)
-        if run is None or run.child is None or run.child.returncode is not None:
-            return None
-        return run.child.pid
+        return None if run is None else run.main_pid()
 
     def log_line(self, text: str) -> None:
-        self._write_log(f"[qasup] {text}\n".encode())
+        """qasup's own words about the service go to its events (never into the service's log file)."""
+        svc = self.svc
+        svc.stack.record(svc, svc.state, text)
+
+    def _tell(self, text: str) -> None:
+        """Say ``text`` about the service on qasup's output (never in the service's log file)."""
+        self.ctx.say(f"{self.name}: {text}")
 
     def replaced(self, unit: ResolvedUnit, splan: ServicePlan) -> None:
         self.unit = unit
@@ -143,7 +131,7 @@ class ProcessHost:
 
     # ------------------------------------------------------------------ one run
 
-    def _run_of(self, inst: Instance) -> _Run | None:
+    def _run_of(self, inst: Instance) -> Run | None:
         run = self.run
         return run if run is not None and run.inst is inst else None
 
@@ -151,7 +139,7 @@ class ProcessHost:
         await anyio.sleep(delay)
         self.svc.post(m.BackoffDone(token))
 
-    async def _instance_main(self, run: _Run) -> None:
+    async def _instance_main(self, run: Run) -> None:
         code: int | None = None
         failure: str | None = None
         unit = self.unit
@@ -171,7 +159,7 @@ class ProcessHost:
         finally:
             self.svc.post(m.Exited(run.inst, code, failure))
 
-    def _refresh_unit(self, run: _Run) -> tuple[ResolvedUnit, str | None]:
+    def _refresh_unit(self, run: Run) -> tuple[ResolvedUnit, str | None]:
         """Resolve again (env files are read at each start) and check required paths."""
         probs = Problems()
         unit = self.ctx.resolve(self.svc, probs)
@@ -186,7 +174,9 @@ class ProcessHost:
         return unit, None
 
     def _setup_patterns(self, unit: ResolvedUnit) -> None:
-        pats = tuple(r.match for r in unit.rules) + ((unit.ready.log,) if unit.ready.log else ())
+        live_log = unit.live.log if unit.live is not None else None
+        pats = (tuple(r.match for r in unit.rules) + ((unit.ready.log,) if unit.ready.log else ())
+                + ((live_log,) if live_log else ()))
         if pats != self.pattern_key:
             self.patterns = PatternSet(pats) if pats else None
             self.pattern_key = pats
@@ -200,15 +190,15 @@ class ProcessHost:
             digest = await anyio.to_thread.run_sync(contenthash.hash_paths, list(unit.prepare_paths))
             try:
                 if stamp.read_text().strip() == digest:
-                    self.log_line(f"prepare skipped: {', '.join(map(str, unit.prepare_paths))} unchanged")
+                    self._tell(f"prepare skipped: {', '.join(map(str, unit.prepare_paths))} unchanged")
                     return None
             except OSError:
                 pass
-        self.log_line(f"prepare: {' '.join(unit.prepare_argv)}")
+        self._tell(f"prepare: {' '.join(unit.prepare_argv)}")
         try:
             code, out = await run_to_completion(
                 self.ctx.reaper, unit.prepare_argv, cwd=unit.cwd, env=self.ctx.environment(unit),
-                timeout=spec.timeout, tag=f"{self.name}.prepare", pdeathsig=False)
+                timeout=spec.timeout, tag=f"{self.name}.prepare", pdeathsig=False, credentials=unit_credentials(unit))
         except SpawnError as e:
             return f"prepare failed: {e}"
         except TimeoutError as e:
@@ -224,7 +214,7 @@ class ProcessHost:
             write_private(stamp, digest + "\n")
         return None
 
-    async def _run_process(self, run: _Run, unit: ResolvedUnit) -> tuple[int | None, str | None]:
+    async def _run_process(self, run: Run, unit: ResolvedUnit) -> tuple[int | None, str | None]:
         """Follow the tailed files from their current end, then spawn and supervise.
 
         Followers start before the process so that nothing it writes is missed, and from the end so that a
@@ -246,13 +236,13 @@ class ProcessHost:
             tg.cancel_scope.cancel()
         return result
 
-    async def _spawn_and_supervise(self, run: _Run, unit: ResolvedUnit) -> tuple[int | None, str | None]:
+    async def _spawn_and_supervise(self, run: Run, unit: ResolvedUnit) -> tuple[int | None, str | None]:
         failure = await self._spawn(run, unit)
         if failure is not None:
             return None, failure
-        return await self._supervise(run, unit), None
+        return await self._supervise(run, unit)
 
-    async def _spawn(self, run: _Run, unit: ResolvedUnit) -> str | None:
+    async def _spawn(self, run: Run, unit: ResolvedUnit) -> str | None:
         if (shortage := fd_shortage()) is not None:   # out of descriptors: fail, leaving qasup enough to go on
             return shortage
         try:
@@ -264,8 +254,12 @@ class ProcessHost:
         except OSError as e:
             return f"cannot start: {out_of_fds_text(e) if out_of_fds(e) else e} (the output pipe)"
         try:
-            run.marker, run.probes = build_probes(
-                unit.ready, lambda argv, timeout: self._run_exec(unit, argv, timeout))
+            def run_exec(argv: Sequence[str], timeout: float) -> Awaitable[int]:
+                return self._run_exec(unit, argv, timeout)
+
+            run.marker, run.probes = build_probes(unit.ready, run_exec)
+            if unit.live is not None:   # [live]: its checks and loop exist only for units that have one
+                run.live_log, run.live_checks = build_checks(unit.live, run_exec)
             # taken before the spawn: the child cannot be older than this, so ready_after_s never comes out
             # shorter than what the service itself waited (the daemon may be descheduled after the fork)
             spawned_at = time.monotonic()
@@ -274,7 +268,7 @@ class ProcessHost:
             # the loop goes on while the child gets to exec (see Reaper.spawn_async)
             run.child = await self.ctx.reaper.spawn_async(
                 unit.argv, cwd=unit.cwd, env=self.ctx.environment(unit), stdout=write_fd, stderr=write_fd,
-                tag=self.name)
+                tag=self.name, credentials=unit_credentials(unit))
         except BaseException as e:
             os.close(read_fd)
             if isinstance(e, SpawnError):
@@ -288,41 +282,19 @@ class ProcessHost:
         self.svc.post(m.Spawned(run.inst))
         return None
 
-    async def _supervise(self, run: _Run, unit: ResolvedUnit) -> int:
-        """Capture output, probe readiness, and wait for the exit (pipe drained, nothing left)."""
-        child = run.child
-        assert child is not None
-        eof = anyio.Event()
+    async def _supervise(self, run: Run, unit: ResolvedUnit) -> tuple[int | None, str | None]:
+        """Capture output into the log file, the scanner and the echo; the rest is the run's :class:`Lifetime`."""
         scanner = self._scanner(run, unit)
         sinks: list[Callable[[bytes], None]] = [self._write_log]
-        flushes: list[Callable[[], None]] = [eof.set]
+        flushes: list[Callable[[], None]] = []
         if scanner is not None:
             sinks.append(scanner.feed)
-            flushes.insert(0, scanner.flush)
+            flushes.append(scanner.flush)
         if self.ctx.echo is not None:
             es = self.ctx.echo.line_writer(self.name)
             sinks.append(es.write)
-            flushes.insert(0, es.flush)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._capture, run.read_fd, sinks, flushes)
-            tg.start_soon(self._readiness, run, unit)
-            code = await child.wait()
-            with anyio.move_on_after(DRAIN_AFTER_EXIT):
-                await eof.wait()
-            if not eof.is_set() or anything_left(child):
-                # leftovers still hold the pipe or run on: a service is stopped only when none remain
-                await terminate(child, unit.spec.stop.signal, min(unit.spec.stop.timeout, 5.0))
-                with anyio.move_on_after(DRAIN_AFTER_EXIT):
-                    await eof.wait()
-            tg.cancel_scope.cancel()
-        return code
-
-    async def _capture(self, fd: int, sinks: Sequence[Callable[[bytes], None]],
-                       flushes: Sequence[Callable[[], None]]) -> None:
-        def sink_error(sink: Callable[[bytes], None], exc: Exception) -> None:
-            self.ctx.say(f"{self.name}: log output handler failed: {type(exc).__name__}: {exc}")
-
-        await capture(fd, sinks, on_eof=flushes, on_sink_error=sink_error)
+            flushes.append(es.flush)
+        return await Lifetime(self.svc, run, unit, sinks=sinks, flushes=flushes, say=self.ctx.say).supervise()
 
     async def _follow(self, path: Path, scanner: LineScanner, started: anyio.Event) -> None:
         try:
@@ -332,36 +304,32 @@ class ProcessHost:
         finally:
             started.set()
 
-    def _scanner(self, run: _Run, unit: ResolvedUnit) -> LineScanner | None:
+    def _scanner(self, run: Run, unit: ResolvedUnit) -> LineScanner | None:
         if self.patterns is None:
             return None
         n_rules = len(unit.rules)
+        ready_id = n_rules if unit.ready.log else -1   # pattern ids: the rules, the ready marker, the live log
         context = max((r.context for r in unit.rules), default=0)
         post = self.svc.post
         inst = run.inst
 
         def on_match(pid: int, line: bytes, before: list[bytes]) -> None:
-            if pid >= n_rules:
+            if pid < n_rules:
+                post(m.RuleHit(inst, pid, line, before))
+            elif pid == ready_id:
                 if run.marker is not None:
                     run.marker.hit()
-            else:
-                post(m.RuleHit(inst, pid, line, before))
+            elif run.live_log is not None:
+                run.live_log.hit()
 
         return LineScanner(self.patterns, on_match, context_lines=context)
-
-    async def _readiness(self, run: _Run, unit: ResolvedUnit) -> None:
-        probes = run.probes
-        with anyio.move_on_after(unit.ready.timeout):
-            await wait_ready(probes, unit.ready.mode)
-            self.svc.post(m.Ready(run.inst))
-            return
-        self.svc.post(m.ReadyTimeout(run.inst, why_not_ready(probes)))
 
     async def _run_exec(self, unit: ResolvedUnit, argv: Sequence[str], timeout: float) -> int:
         try:
             code, _ = await run_to_completion(self.ctx.reaper, argv, cwd=unit.cwd,
                                                       env=self.ctx.environment(unit), timeout=timeout,
-                                                      tag=f"{self.name}.probe", pdeathsig=False)
+                                                      tag=f"{self.name}.probe", pdeathsig=False,
+                                                      credentials=unit_credentials(unit))
             return code
         except SpawnError as e:
             raise RuntimeError(str(e)) from None
@@ -376,7 +344,8 @@ class ProcessHost:
                 self.logfile.close()
             log = unit.spec.log
             self.logfile = RotatingFile(unit.log_file, log.max_bytes, log.backups,
-                                             on_problem=lambda msg: self.ctx.say(f"{self.name}: {msg}"))
+                                             on_problem=lambda msg: self.ctx.say(f"{self.name}: {msg}"),
+                                             counts=self.svc.counters.log)
 
     def _write_log(self, data: bytes) -> None:
         if self.logfile is None:

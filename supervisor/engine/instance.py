@@ -21,8 +21,10 @@ if TYPE_CHECKING:
 class Instance:
     """One run of a service (prepare, spawn, readiness, exit), as the state machine sees it.
 
-    The host writes ``pid`` and ``spawned_at`` when the process is spawned (before it posts ``Spawned``); the
-    state machine owns the rest."""
+    The host writes ``pid`` and ``spawned_at`` when the process is spawned (before it posts ``Spawned``), writes
+    ``pid`` again when a forking service's daemon takes over (and posts ``Spawned`` again), and clears it before
+    ``Exited`` when the run never had a main process of its own (a failed start: a simple service that
+    daemonized, a forking launcher that failed or left no daemon to follow); the state machine owns the rest."""
 
     number: int
     pid: int | None = None
@@ -35,7 +37,8 @@ class Instance:
 
 class ServiceHost(Protocol):
     """The I/O of one service's runs. Every method returns at once; outcomes come back as messages
-    (``Resolved``, ``Spawned``, ``Ready``, ``ReadyTimeout``, ``RuleHit``, ``Exited``, ``BackoffDone``)."""
+    (``Resolved``, ``Spawned``, ``Ready``, ``ReadyTimeout``, ``RuleHit``, ``LiveFailed``, ``LiveRecovered``,
+    ``Exited``, ``BackoffDone``)."""
 
     def bind(self, tg: anyio.abc.TaskGroup) -> None:
         """The runner's task group, in which the host runs its tasks (for the runner's lifetime)."""
@@ -53,10 +56,11 @@ class ServiceHost(Protocol):
         """Post ``BackoffDone(token)`` after ``delay`` seconds."""
 
     def live_pid(self, inst: Instance) -> int | None:
-        """The run's main process id while it has not exited."""
+        """The run's main process id (a forking service's daemon, once known) while it has not exited."""
 
     def log_line(self, text: str) -> None:
-        """A line of qasup's own in the service's log."""
+        """A line of qasup's own about the service (a rule report): recorded in the events, never written
+        into the service's log file (that holds the service's bytes only)."""
 
     def replaced(self, unit: ResolvedUnit, splan: ServicePlan) -> None:
         """Reload gave the service a new unit (its patterns and log file may have changed)."""
@@ -82,6 +86,7 @@ class StackView(Protocol):
     jitter: Callable[[], float]
 
     def requires(self, name: str) -> Iterable[str]: ...
+    def restart_with(self, name: str) -> Iterable[str]: ...
     def service(self, name: str) -> Neighbour: ...
     def deps_verdict(self, name: str) -> tuple[DepVerdict, str]: ...
     def dependents_running(self, name: str) -> bool: ...

@@ -42,6 +42,11 @@ class Change:
     def added_names(self) -> list[str]:
         return [unit.name for unit, _ in self.added]
 
+    def summary(self) -> str:
+        """``changed A, B; added none; removed C`` (qasup's reload line and event)."""
+        return "; ".join(f"{what} {', '.join(names) or 'none'}" for what, names in (
+            ("changed", self.changed), ("added", self.added_names), ("removed", self.removed)))
+
 
 def compare(services: Mapping[str, Service], new: Plan) -> Change:
     """How ``new`` differs from the running services."""
@@ -64,11 +69,12 @@ def compare(services: Mapping[str, Service], new: Plan) -> Change:
 
 
 def fingerprint(unit: ResolvedUnit, splan: ServicePlan) -> tuple[object, ...]:
-    """What makes a running service out of date: its resolved command, environment, files and plan."""
+    """What makes a running service out of date: its resolved command, environment, files, checks (``[ready]``
+    and ``[live]``), how it runs (type, pid file, user and groups), what it restarts with, and its plan."""
     s = unit.spec
     return (unit.argv, str(unit.cwd), tuple(sorted(unit.env.items())), str(unit.log_file), unit.tail,
-            unit.prepare_argv, unit.ready, unit.rules, s.stop, s.restart, s.log, splan.enabled,
-            tuple(sorted(splan.env.items())))
+            unit.prepare_argv, unit.ready, unit.live, unit.rules, s.stop, s.restart, s.log, s.type, s.pid_file,
+            s.user, s.group, s.groups, s.restart_with, splan.enabled, tuple(sorted(splan.env.items())))
 
 
 def lenient_resolve(plan: Plan, name: str) -> ResolvedUnit:

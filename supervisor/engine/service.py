@@ -9,19 +9,19 @@ asks its :class:`~supervisor.engine.instance.ServiceHost` to launch, stop or kil
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import anyio
 
+from supervisor.engine import exits, liveness, requests
 from supervisor.engine import messages as m
-from supervisor.engine import requests
+from supervisor.engine.counters import ServiceCounters, wall_time
 from supervisor.engine.instance import Instance, ServiceHost, StackView
 from supervisor.engine.mailbox import Mailbox
-from supervisor.engine.policy import GiveUp, RestartPolicy, Settle
+from supervisor.engine.policy import RestartPolicy
 from supervisor.engine.rules import RuleReport, RuleWindow
-from supervisor.engine.states import REQUESTED, RESTARTING, DepVerdict, Hold, ServiceState, StopReason
+from supervisor.engine.states import DepVerdict, Hold, ServiceState, StopReason
 from supervisor.protocol import service_status
 
 if TYPE_CHECKING:
@@ -55,6 +55,9 @@ class Service:
         self.ready_after: float | None = None
         self.state_since = stack.clock()
         self.rule_hits = [RuleWindow(r) for r in unit.rules]
+        self.counters = ServiceCounters(r.match for r in unit.rules)   # for /metrics
+        self.live_failures = 0                # failed [live] rounds in a row, once LiveFailed came
+        self.peers_seen: dict[str, int] = {}  # restart_with: the instance of each named service at launch
         # made only when someone waits (two events per service add up in a stack of hundreds)
         self._finished: anyio.Event | None = None
         self._changed: anyio.Event | None = None
@@ -110,7 +113,7 @@ class Service:
                     try:
                         self.handle(msg)
                     except Exception as e:  # a bug must not take the stack down silently
-                        self.stack.say(f"{self.name}: internal error handling {_kind(msg)}: "
+                        self.stack.say(f"{self.name}: internal error handling {type(msg).__name__}: "
                                        f"{type(e).__name__}: {e}")
                     if self.finished_running():
                         break
@@ -143,8 +146,15 @@ class Service:
                 self._on_ready_timeout(inst, why)
             case m.RuleHit(inst=inst, rule=idx, line=line, before=before):
                 self._on_rule(inst, idx, line, before)
+            case m.LiveFailed(inst=inst, failures=failures, why=why):
+                streak = self.live_failures
+                liveness.live_failed(self, inst, failures, why)
+                self.counters.live_failed(streak, self.live_failures)
+            case m.LiveRecovered(inst=inst):
+                liveness.live_recovered(self, inst)
             case m.Exited(inst=inst, code=code, failure=failure):
-                self._on_exit(inst, code, failure)
+                self.counters.exited(code)
+                exits.on_exit(self, inst, code, failure)
             case m.BackoffDone(token=token):
                 self._on_backoff_done(token)
             case m.StartRequest():
@@ -189,6 +199,7 @@ class Service:
                 if dep.hold is Hold.USER:
                     self.begin_stop(StopReason.DEP_WAIT)
                     return
+            liveness.follow_peers(self, stack.restart_with(self.name))
             return
         if self.state == S.BACKOFF or self.hold is not None:
             return
@@ -210,6 +221,8 @@ class Service:
         inst = Instance(self.instances)
         self.inst = inst
         self.exit_code = None
+        self.live_failures = 0
+        liveness.note_peers(self, self.stack.restart_with(self.name))
         self.set_state(S.PREPARING if self.spec.prepare else S.STARTING)
         self.host.launch(inst)
 
@@ -246,6 +259,7 @@ class Service:
 
     def _on_rule(self, inst: Instance, idx: int, line: bytes, before: list[bytes]) -> None:
         rule = self.unit.rules[idx]
+        self.counters.rule_hit(rule.match)
         if not self.rule_hits[idx].hit(self.stack.clock()):
             return
         report = RuleReport.of(self.name, rule, line, before)
@@ -269,7 +283,9 @@ class Service:
             timeout = max(0.0, min(timeout, self.stack.budget_left()))
         return timeout
 
-    def begin_stop(self, reason: StopReason, failure: str | None = None) -> None:
+    def begin_stop(self, reason: StopReason, failure: str | None = None, why: str | None = None) -> None:
+        """Stop the run for ``reason`` (``failure``: the run counts as failed, for that; ``why``: the event's
+        words after the reason)."""
         inst = self.inst
         if inst is None:
             return
@@ -280,7 +296,7 @@ class Service:
         inst.terminating = True
         inst.stop_reason = reason
         inst.failure = failure
-        self.set_state(S.STOPPING, reason)
+        self.set_state(S.STOPPING, f"{reason}: {why}" if why else reason)
         self.host.stop(inst, self._stop_timeout())
 
     def kill_now(self) -> None:
@@ -290,75 +306,6 @@ class Service:
         if inst.pid is not None:
             inst.terminating = True
         self.host.kill(inst)
-
-    # ------------------------------------------------------------------ exit
-
-    def _on_exit(self, inst: Instance, code: int | None, failure: str | None) -> None:
-        self.inst = None
-        self.exit_code = code
-        now = self.stack.clock()
-        reason = inst.stop_reason
-        failure = failure or inst.failure
-        ready_for = now - inst.ready_at if inst.ready_at else 0.0
-        stack = self.stack
-        if failure and reason not in REQUESTED:
-            self.last_error = failure
-        elif code not in (0, None) and reason is None:
-            assert code is not None
-            self.last_error = f"exited with code {code}" + (f" (signal {code - 128})" if code > 128 else "")
-        what = f"exit code {code}" if code is not None else (failure or "not started")
-        if not self.splan.enabled and not self.removed:   # a reload disabled it while it ran
-            self.set_state(S.DISABLED, what)
-            return
-        if stack.shutting_down or reason is StopReason.SHUTDOWN or self.removed:
-            self.set_state(S.FAILED if self.state == S.FAILED else S.STOPPED, what)
-            self.evaluate()
-            return
-        if reason is StopReason.USER:
-            self.set_state(S.STOPPED, what)
-            return
-        if reason in RESTARTING:
-            if reason is StopReason.RESTART:
-                self.policy.delay = self.spec.restart.delay
-            self.set_state(S.WAITING, what)
-            self.evaluate()
-            return
-        if reason is StopReason.DEP_FAIL:
-            self.set_state(S.FAILED, self.last_error)
-            return
-        if reason is StopReason.RULE_FAIL:
-            self.hold = Hold.FAILED
-            self.set_state(S.FAILED, self.last_error)
-            return
-        failed = failure is not None or code != 0 or reason in (StopReason.READY_TIMEOUT, StopReason.RULE_RESTART)
-        if inst.pid is None and failure is not None:
-            stack.say(f"{self.name}: start failed: {failure}")
-        elif failed and reason is None:
-            stack.say(f"{self.name}: exited with code {code}"
-                      + (f" (killed by {_signame(code - 128)})" if code and code > 128 else ""))
-        decision = self.policy.decide(now=now, failed=failed, ready_for=ready_for,
-                                      forced=reason is StopReason.RULE_RESTART, jitter=stack.jitter())
-        if isinstance(decision, Settle):
-            if decision.failed:
-                self.hold = Hold.FAILED
-                self.set_state(S.FAILED, self.last_error)
-            else:
-                self.set_state(S.STOPPED, what)
-            return
-        if isinstance(decision, GiveUp):
-            msg = (f"gave up after {decision.max_restarts} restarts within {decision.window:g}s"
-                   + (f"; last error: {self.last_error}" if self.last_error else ""))
-            self.last_error = msg
-            self.hold = Hold.FAILED
-            stack.say(f"{self.name}: {msg}")
-            self.set_state(S.FAILED, msg)
-            if decision.abort:
-                stack.abort(f"{self.name}: {msg}")
-            return
-        self.restarts += 1
-        self.backoff_token += 1
-        self.set_state(S.BACKOFF, f"restart {self.restarts} in {decision.delay:.2f}s")
-        self.host.start_timer(self.backoff_token, decision.delay)
 
     def _on_backoff_done(self, token: int) -> None:
         if token != self.backoff_token or self.state != S.BACKOFF:
@@ -375,15 +322,8 @@ class Service:
         uptime = now - inst.spawned_at if inst is not None and inst.spawned_at is not None else None
         return service_status(name=self.name, state=self.state, pid=pid, restarts=self.restarts,
                               uptime_s=uptime, ready_after_s=self.ready_after, exit_code=self.exit_code,
-                              last_error=self.last_error, gpu=self.splan.env.get("CUDA_VISIBLE_DEVICES"))
-
-
-def _kind(msg: m.Message) -> str:
-    return type(msg).__name__
-
-
-def _signame(n: int) -> str:
-    try:
-        return signal.Signals(n).name
-    except ValueError:
-        return f"signal {n}"
+                              last_error=self.last_error if self.state != S.DISABLED or self.last_error
+                              else f"disabled by the plan: {self.splan.reason}",
+                              gpu=self.splan.env.get("CUDA_VISIBLE_DEVICES"),
+                              state_since=wall_time(self.state_since, now), ready_timeout_s=self.unit.ready.timeout,
+                              counters=self.counters.to_json())

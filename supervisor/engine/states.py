@@ -22,12 +22,21 @@ class StopReason(enum.StrEnum):
     RULE_FAIL = "rule-fail"          # an [[on_log]] rule with action "fail" matched
     RULE_RESTART = "rule-restart"    # an [[on_log]] rule with action "restart" matched
     READY_TIMEOUT = "ready-timeout"  # not ready within [ready] timeout
+    LIVE_RESTART = "live-restart"    # [live] checks failed `failures` rounds in a row, action "restart"
+    LIVE_FAIL = "live-fail"          # the same, action "fail"
+    RESTART_WITH = "restart-with"    # a service it names in restart_with has a new instance, ready
 
 
 # Stops after which the service starts again as soon as what it requires is ready.
-RESTARTING = frozenset({StopReason.DEP_WAIT, StopReason.RESTART, StopReason.RELOAD})
+RESTARTING = frozenset({StopReason.DEP_WAIT, StopReason.RESTART, StopReason.RELOAD, StopReason.RESTART_WITH})
 # Stops a person asked for, or the stack's own: their failures are not the service's last error.
-REQUESTED = frozenset({StopReason.USER, StopReason.SHUTDOWN, StopReason.RESTART, StopReason.RELOAD})
+REQUESTED = frozenset({StopReason.USER, StopReason.SHUTDOWN, StopReason.RESTART, StopReason.RELOAD,
+                       StopReason.RESTART_WITH})
+# Stops after which the service is failed and held (not started again by itself).
+FAILING = frozenset({StopReason.RULE_FAIL, StopReason.LIVE_FAIL})
+# Stops that restart the service whatever its restart policy says; the restart counts as a failure (back-off,
+# max_restarts and give-up apply).
+FORCED_RESTARTS = frozenset({StopReason.RULE_RESTART, StopReason.LIVE_RESTART})
 
 
 class Hold(enum.Enum):

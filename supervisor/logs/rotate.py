@@ -54,6 +54,17 @@ class LogError(Exception):
     """A log file or folder cannot be created or opened; the message says which and why."""
 
 
+class LogCounts:
+    """What a service's log files took, over all of them (a reload may change the file): ``written`` bytes of
+    output that reached a file, ``dropped`` bytes lost to a failing write (a full disk). For ``/metrics``."""
+
+    __slots__ = ("written", "dropped")
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.dropped = 0
+
+
 class RotatingFile:
     """Appends to a log file, rotating it like supervisord and Python's RotatingFileHandler.
 
@@ -79,8 +90,9 @@ class RotatingFile:
 
     def __init__(self, path: Path, max_bytes: int, backups: int,
                  on_problem: Callable[[str], None] = lambda message: None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, counts: LogCounts | None = None) -> None:
         self.path = Path(path)
+        self.counts = LogCounts() if counts is None else counts
         self.max_bytes = max(0, int(max_bytes))
         self.backups = max(0, int(backups))
         self.split_at = split_size(self.max_bytes)
@@ -122,9 +134,17 @@ class RotatingFile:
     # ------------------------------------------------------------------ writing
 
     def write(self, data: bytes) -> None:
-        """Append `data` (rotating as needed); never raises for I/O problems."""
+        """Append `data` (rotating as needed); never raises for I/O problems. Counted in `counts`."""
         if not data:
             return
+        lost = self.lost_bytes
+        self._write(data)
+        dropped = min(self.lost_bytes - lost, len(data))   # (a failed tail move may count bytes kept in the old file)
+        counts = self.counts
+        counts.written += len(data) - dropped
+        counts.dropped += dropped
+
+    def _write(self, data: bytes) -> None:
         if self._watch and self._fd >= 0 and self._clock() >= self._next_check:
             self._check_path()
         if self._fd < 0 and not self._reopen():

@@ -12,6 +12,7 @@ command line, or a unit with a ``gpu`` role or a ``[when]`` table. Any other sta
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
@@ -23,6 +24,7 @@ from supervisor.config.safefile import MAX_FILE_BYTES, FileRefused
 from supervisor.config.spec import Config, StackSpec
 from supervisor.errors import Problems
 from supervisor.plan import stages
+from supervisor.plan.dropins import apply_conditionals
 from supervisor.plan.gpu import GpuInfo
 from supervisor.plan.qanything import PlanInputs, decide
 from supervisor.plan.resolve import expand_banner
@@ -34,7 +36,7 @@ __all__ = ["make_plan", "needs_gpu_inventory", "plan_inputs", "uses_rules"]
 def uses_rules(config: Config, overrides: Mapping[str, object]) -> bool:
     """Whether QAnything's rules apply: a run.sh flag, a ``[plan]`` table, or a unit with ``gpu`` or ``[when]``."""
     return bool(overrides) or config.stack.has_plan_table or any(
-        u.gpu or u.when for u in config.units.values())
+        u.gpu or u.when or u.conditional for u in config.units.values())
 
 
 def needs_gpu_inventory(config: Config, overrides: Mapping[str, object]) -> bool:
@@ -94,7 +96,10 @@ def make_plan(config: Config, overrides: Mapping[str, object], gpus: Sequence[Gp
     lookup_extra = {"USER_IP": user_ip(stack, environ, probs)}
     plan_env = {**lookup_extra, **env_out}
 
+    config, dropin_uses = apply_conditionals(config, facts, probs)   # drop-ins whose own [when] matches
     services = stages.select_services(config, facts, stages.gpu_ids(outcome, inputs))
+    for name, uses in dropin_uses.items():
+        services[name] = dataclasses.replace(services[name], dropins=uses)
     wiring = stages.wire(config, services, probs)
     loaders = stages.gpu_loaders(services)
     memory_errors, memory_messages = stages.check_free_memory(loaders, services, gpus)

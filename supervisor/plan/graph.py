@@ -1,8 +1,10 @@
 """The dependency graph of the enabled units: waves, cycles, critical path, dependents.
 
 Edges point from a unit to what it waits for. ``requires`` edges are ready-gated and propagate failure;
-``after`` edges (and the plan's GPU ordering edges) only order starts. Names are unit names: virtual names
-(``provides``) are resolved to their provider before the graph is built.
+``after`` edges (and the plan's GPU ordering edges) only order starts. ``restart_with`` (a unit is restarted
+when one it names has a new instance) is kept beside the edges; each of its names is an ``after`` edge too,
+unless it is a ``requires`` one. Names are unit names: virtual names (``provides``) are resolved to their
+provider before the graph is built.
 """
 
 from __future__ import annotations
@@ -16,17 +18,21 @@ class Graph:
     nodes: tuple[str, ...]
     requires: Mapping[str, tuple[str, ...]]
     after: Mapping[str, tuple[str, ...]]
+    restart_with: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     _memo: dict = field(default_factory=dict, compare=False, repr=False)   # derived data, built on demand
 
     @classmethod
     def build(cls, nodes: Iterable[str], requires: Mapping[str, Iterable[str]],
-              after: Mapping[str, Iterable[str]]) -> Graph:
+              after: Mapping[str, Iterable[str]], restart_with: Mapping[str, Iterable[str]] | None = None
+              ) -> Graph:
         ns = tuple(sorted(nodes))
         known = set(ns)
+        rw = restart_with or {}
         req = {n: tuple(sorted({d for d in requires.get(n, ()) if d in known and d != n})) for n in ns}
-        aft = {n: tuple(sorted({d for d in after.get(n, ()) if d in known and d != n} - set(req[n])))
-               for n in ns}
-        return cls(ns, req, aft)
+        aft = {n: tuple(sorted({d for d in (*after.get(n, ()), *rw.get(n, ())) if d in known and d != n}
+                               - set(req[n]))) for n in ns}
+        rwith = {n: got for n in ns if (got := tuple(sorted({d for d in rw.get(n, ()) if d in known and d != n})))}
+        return cls(ns, req, aft, rwith)
 
     def deps(self, name: str) -> tuple[str, ...]:
         """Everything ``name`` waits for before it starts."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor.config.spec import Config
+from supervisor.plan.dropins import DropinUse
 from supervisor.plan.gpu import GpuInfo
 from supervisor.plan.graph import Graph
 from supervisor.plan.qanything import PlanInputs, PlanOutcome
@@ -34,6 +35,7 @@ class ServicePlan:
     gpu_ids: tuple[int, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     vram_mib: int | None = None
+    dropins: tuple[DropinUse, ...] = ()     # its conditional drop-ins: applied in this plan or not, and why
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class Plan:
         out["services"] = [
             {"name": s.name, "enabled": s.enabled, "reason": s.reason, "wave": s.wave,
              "requires": list(s.requires), "after": list(s.after), "gpu_ids": list(s.gpu_ids),
-             "vram_mib": s.vram_mib, "env": mask_env(s.env)}
+             "vram_mib": s.vram_mib, "env": mask_env(s.env),
+             "dropins": [{"file": str(d.file), "applied": d.applied, "reason": d.reason} for d in s.dropins]}
             for s in self.services.values()]
         return out

@@ -19,12 +19,13 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from supervisor.config.spec import Config, UnitSpec
 from supervisor.errors import Problems
+from supervisor.plan.dropins import match_facts
 from supervisor.plan.gpu import GpuInfo
 from supervisor.plan.graph import Graph
 from supervisor.plan.qanything import PlanInputs, PlanOutcome
@@ -69,18 +70,7 @@ def match_when(unit: UnitSpec, facts: Mapping[str, object]) -> tuple[bool, str]:
         return False, "enabled = false"
     if not unit.when:
         return True, "always"
-    why = []
-    for key, accepted in unit.when.items():
-        actual = facts.get(key)
-        shown = _show(actual)
-        if actual not in accepted:
-            return False, f"{key} is {shown}, not {' or '.join(_show(a) for a in accepted)}"
-        why.append(f"{key} is {shown}")
-    return True, ", ".join(why)
-
-
-def _show(v: object) -> str:
-    return str(v).lower() if isinstance(v, bool) else str(v)
+    return match_facts(unit.when, facts)
 
 
 def select_services(config: Config, facts: Mapping[str, object], ids: GpuIds) -> dict[str, ServicePlan]:
@@ -119,12 +109,13 @@ class Wiring:
     requires: dict[str, list[str]]
     after: dict[str, list[str]]
     graph: Graph
+    restart_with: dict[str, list[str]] = field(default_factory=dict)   # also after edges (in the graph)
 
 
 def wire(config: Config, services: Mapping[str, ServicePlan], probs: Problems) -> Wiring:
     """Names -> providers among enabled units (two enabled providers of a name are a problem), the edges
-    ``requires`` and ``after`` give, and the graph; a ``requires`` on a unit this plan disables, and a cycle,
-    are problems too."""
+    ``requires`` and ``after`` give (``restart_with`` names are ``after`` edges too), and the graph; a
+    ``requires`` on a unit this plan disables, and a cycle, are problems too."""
     enabled = enabled_names(services)
     providers: dict[str, list[str]] = {}
     all_providers: dict[str, list[str]] = {}     # among all units, for messages
@@ -141,6 +132,7 @@ def wire(config: Config, services: Mapping[str, ServicePlan], probs: Problems) -
                           "at most one may be enabled in a plan")
     req: dict[str, list[str]] = {}
     aft: dict[str, list[str]] = {}
+    rw: dict[str, list[str]] = {}
     for name in sorted(enabled):
         u = config.units[name]
         for dep in u.requires:
@@ -154,12 +146,16 @@ def wire(config: Config, services: Mapping[str, ServicePlan], probs: Problems) -
         for dep in u.after:
             for first in providers.get(dep, [])[:1]:
                 aft.setdefault(name, []).append(first)
-    graph = Graph.build(enabled, req, aft)
+        for dep in u.restart_with:   # a name disabled in this plan: nothing to restart with
+            for first in providers.get(dep, [])[:1]:
+                rw.setdefault(name, []).append(first)
+    graph = Graph.build(enabled, req, aft, rw)
     for cyc in graph.cycles():
         unit = config.units[cyc[0]]
-        key = "requires" if cyc[1] in graph.requires.get(cyc[0], ()) else "after"
+        key = "requires" if cyc[1] in graph.requires.get(cyc[0], ()) else (
+            "restart_with" if cyc[1] in rw.get(cyc[0], ()) and cyc[1] not in aft.get(cyc[0], ()) else "after")
         probs.add(unit.file_of(key), key, "dependency cycle: " + " -> ".join(cyc))
-    return Wiring(enabled, req, aft, graph)
+    return Wiring(enabled, req, aft, graph, rw)
 
 
 # --------------------------------------------------------------------------- 3-4. GPUs and order
@@ -215,7 +211,7 @@ def order_gpu_loaders(wiring: Wiring, loaders: Mapping[int, list[str]], services
                 wiring.after.setdefault(b, []).append(a)
                 added = True
         if added:   # a chain on one GPU cannot close a cycle; rebuild once per GPU
-            graph = Graph.build(wiring.enabled, wiring.requires, wiring.after)
+            graph = Graph.build(wiring.enabled, wiring.requires, wiring.after, wiring.restart_with)
     return graph, tuple(gpu_edges)
 
 

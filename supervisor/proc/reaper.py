@@ -18,7 +18,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -26,9 +26,11 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
+from supervisor.proc.cgroup import Cgroup, CgroupTree
 from supervisor.proc.kernel import exit_code, set_subreaper
+from supervisor.proc.ledger import Ledger
 from supervisor.proc.proctable import Snapshot, SnapshotCache, read_stat
-from supervisor.proc.spawn import launch_args, pdeathsig_setup, popen
+from supervisor.proc.spawn import Credentials, launch_args, pdeathsig_setup, popen
 
 __all__ = ["SPAWN_THREADS", "Child", "Reaper"]
 
@@ -41,11 +43,14 @@ class Child:
 
     ``returncode`` is None while it runs and becomes its exit code (128+n for signal n) when the
     :class:`Reaper` collects its status; :meth:`wait` waits for that. ``reaper`` is the Reaper that
-    spawned it (None for a Child made by hand).
+    spawned it (None for a Child made by hand). ``cgroup`` is its own cgroup (see ``cgroup.py``), None where
+    the daemon has none; it is removed once the leader has exited and it is empty.
     """
 
-    def __init__(self, pid: int, tag: str, argv: Sequence[str], start_ticks: int | None) -> None:
+    def __init__(self, pid: int, tag: str, argv: Sequence[str], start_ticks: int | None,
+                 cgroup: Cgroup | None = None) -> None:
         self.pid = pid
+        self.cgroup = cgroup
         self.tag = tag
         self.argv = tuple(argv)
         self.started = time.monotonic()
@@ -93,10 +98,14 @@ class Reaper:
     """The one component that reaps children in a qasup process; also the only way to spawn.
 
     Use ``async with Reaper.open() as reaper:``; spawn only from the event-loop thread.
-    ``orphans_reaped`` counts statuses collected for processes that were not spawned here.
+    ``orphans_reaped`` counts statuses collected for processes that were not spawned here. ``cgroups`` (the
+    daemon's :class:`~supervisor.proc.cgroup.CgroupTree`, or None) gives every spawn its own cgroup;
+    ``ledger`` (set by the guardian) records every spawned process for the guardian.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cgroups: CgroupTree | None = None) -> None:
+        self.cgroups = cgroups
+        self.ledger: Ledger | None = None
         self._children: dict[int, Child] = {}
         self._thread = threading.get_ident()
         self.orphans_reaped = 0
@@ -108,14 +117,14 @@ class Reaper:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, *, subreaper: bool = True) -> AsyncIterator[Reaper]:
+    async def open(cls, *, subreaper: bool = True, cgroups: CgroupTree | None = None) -> AsyncIterator[Reaper]:
         """Start the SIGCHLD listener in its own task group; reap once more on the way out.
 
         ``subreaper=True`` also calls :func:`~supervisor.proc.kernel.set_subreaper` (``reaper.subreaper``
         tells whether it worked; as PID 1 it does not matter). The SIGCHLD handler is installed before
         this yields, so no child spawned inside the block can be missed.
         """
-        reaper = cls()
+        reaper = cls(cgroups)
         if subreaper:
             reaper.subreaper = set_subreaper()
         error: Exception | None = None
@@ -156,6 +165,8 @@ class Reaper:
             child = self._children.pop(pid, None)
             if child is not None:
                 child._set_status(status)
+                if child.cgroup is not None and self.cgroups is not None:
+                    self.cgroups.retire(child.cgroup)   # removed now if empty, else later
             elif self._in_flight:
                 self._held[pid] = status   # perhaps a child of a spawn that has not returned yet
             else:
@@ -190,6 +201,8 @@ class Reaper:
         pdeathsig: bool = True,
         pass_fds: Sequence[int] = (),
         stdin: int | None = None,
+        credentials: Credentials | None = None,
+        track: bool = True,
     ) -> Child:
         """Start ``argv`` in its own session and process group; stdin is ``stdin`` (a file descriptor), else
         /dev/null.
@@ -197,16 +210,19 @@ class Reaper:
         ``stdout``/``stderr`` are file descriptors (None: inherit qasup's; ``subprocess.STDOUT``
         works for stderr). ``env`` is the complete environment; ``QASUP_INSTANCE`` is set to
         the inherited value plus ``Child.tag`` = ``tag:<random hex>``. ``pdeathsig`` makes the
-        kernel SIGKILL the child if qasup dies. The pid is registered before this returns, so a
-        child that exits at once is never mistaken for an orphan. Raises
-        :class:`~supervisor.proc.kernel.SpawnError`.
+        kernel SIGKILL the child if qasup dies. ``credentials``: the user and groups it runs as (see
+        :func:`~supervisor.proc.spawn.unit_credentials`). ``track`` (a process of the stack; False only for the
+        guardian): it gets its own cgroup (``Child.cgroup``) when the reaper has a cgroup tree, and is recorded in
+        the guardian's ledger. The pid is registered before this returns, so a child that exits at once is never
+        mistaken for an orphan. Raises :class:`~supervisor.proc.kernel.SpawnError`.
         """
         if threading.get_ident() != self._thread:
             raise RuntimeError("Reaper.spawn must be called from the event-loop thread (PDEATHSIG is per thread)")
-        args, where, environ, full_tag = launch_args(argv, cwd, env, tag)
+        args, where, environ, full_tag = launch_args(argv, cwd, env, tag, credentials)
         preexec = pdeathsig_setup(os.getpid()) if pdeathsig else None
-        pid = popen(args, where, environ, stdin, stdout, stderr, tuple(pass_fds), preexec)
-        return self._register(pid, full_tag, args)
+        pid, start, cgroup = self._launch(args, where, environ, stdin, stdout, stderr, tuple(pass_fds), preexec,
+                                          credentials, tag, track)
+        return self._register(pid, full_tag, args, start, cgroup)
 
     async def spawn_async(
         self,
@@ -219,43 +235,98 @@ class Reaper:
         tag: str,
         pass_fds: Sequence[int] = (),
         stdin: int | None = None,
+        credentials: Credentials | None = None,
+        track: bool = True,
     ) -> Child:
         """:meth:`spawn` without PDEATHSIG, done in a worker thread so that the event loop runs meanwhile.
 
         The parent of a vfork waits until the child has exec'd: about a millisecond on an idle machine, but
         tens of them when the CPUs are busy (a new task queues behind the running ones), and the event loop
         would stall for that long, delaying every other service's output, markers and exits. Since Python
-        3.11.6 the wait does not hold the GIL. A child that exits before it is registered here is not lost:
-        while spawns are in flight, statuses of unknown pids are held back and matched on registration.
-        Not cancellable once started (the child exists and must be supervised). Raises
-        :class:`~supervisor.proc.kernel.SpawnError`.
+        3.11.6 the wait does not hold the GIL. The cgroup is made, and the child moved into it, in that thread
+        too. A child that exits before it is registered here is not lost: while spawns are in flight, statuses
+        of unknown pids are held back and matched on registration. Not cancellable once started (the child
+        exists and must be supervised). Raises :class:`~supervisor.proc.kernel.SpawnError`.
         """
-        args, where, environ, full_tag = launch_args(argv, cwd, env, tag)
-        run = functools.partial(popen, args, where, environ, stdin, stdout, stderr, tuple(pass_fds), None)
+        args, where, environ, full_tag = launch_args(argv, cwd, env, tag, credentials)
+        run = functools.partial(self._launch, args, where, environ, stdin, stdout, stderr, tuple(pass_fds), None,
+                                credentials, tag, track)
         self._in_flight += 1
         try:
             with anyio.CancelScope(shield=True):
                 if self._spawn_threads is None:   # a few threads are plenty: each waits only for an exec
                     self._spawn_threads = anyio.CapacityLimiter(SPAWN_THREADS)
-                pid = await anyio.to_thread.run_sync(run, limiter=self._spawn_threads)
+                pid, start, cgroup = await anyio.to_thread.run_sync(run, limiter=self._spawn_threads)
         except BaseException:
             self._in_flight -= 1
             if not self._in_flight:
                 self._release_held()
             raise
         self._in_flight -= 1
-        child = self._register(pid, full_tag, args)
+        child = self._register(pid, full_tag, args, start, cgroup)
         status = self._held.pop(pid, None)
         if status is not None:   # it exited, and was reaped, before it was registered
             self._children.pop(pid, None)
             child._set_status(status)
+            if cgroup is not None and self.cgroups is not None:
+                self.cgroups.retire(cgroup)
         if not self._in_flight:
             self._release_held()
         return child
 
-    def _register(self, pid: int, full_tag: str, argv: list[str]) -> Child:
+    def _launch(self, args: list[str], where: str, environ: dict[str, str], stdin: int | None,
+                stdout: int | None, stderr: int | None, pass_fds: tuple[int, ...],
+                preexec: Callable[[], None] | None, credentials: Credentials | None, tag: str,
+                track: bool) -> tuple[int, int | None, Cgroup | None]:
+        """Fork and exec (in whichever thread calls it), place the child in a new cgroup of its own (holding the
+        tree's lock from the fork to the placement, see ``cgroup.py``) and record it in the ledger:
+        ``(pid, start time, cgroup)``."""
+        tree = self.cgroups
+        if tree is None:
+            pid = popen(args, where, environ, stdin, stdout, stderr, pass_fds, preexec, credentials)
+            st = read_stat(pid)
+            cgroup = None
+        else:
+            cgroup = tree.make(tag) if track else None
+            with tree.spawning() as slot:   # see cgroup.py: nothing the child forks meanwhile is lost
+                try:
+                    pid = popen(args, where, environ, stdin, stdout, stderr, pass_fds, preexec, credentials)
+                except BaseException:
+                    if cgroup is not None:
+                        cgroup.remove()
+                    raise
+                placed = slot.place(cgroup, pid)
+                if cgroup is not None and placed is None:   # no cgroup after all: out of the tree
+                    slot.place(None, pid)
+                cgroup = placed
+            st = read_stat(pid)
+        ledger = self.ledger
+        if track and ledger is not None and st is not None:
+            ledger.note(pid, st.start, st.pgid, st.sid)
+        return pid, (st.start if st is not None else None), cgroup
+
+    def adopt(self, pid: int, tag: str, cgroup: Cgroup | None = None) -> Child | None:
+        """Follow ``pid``, a process re-parented to qasup (a forking service's daemon): from now on its exit
+        status goes to the returned :class:`Child`. None when it is not qasup's child now, or already reaped.
+        ``cgroup``: the launcher's (the daemon is in it); the adopted process is recorded in the ledger."""
         st = read_stat(pid)
-        child = Child(pid, full_tag, argv, st.start if st else None)
+        if st is None or st.ppid != os.getpid() or pid in self._children:
+            return None
+        if self.ledger is not None:
+            self.ledger.note_stat(st)
+        child = self._register(pid, tag, [], st.start, cgroup)
+        status = self._held.pop(pid, None)
+        if status is not None:
+            self._children.pop(pid, None)
+            child._set_status(status)
+        return child
+
+    def _register(self, pid: int, full_tag: str, argv: list[str], start: int | None = None,
+                  cgroup: Cgroup | None = None) -> Child:
+        if start is None:
+            st = read_stat(pid)
+            start = st.start if st else None
+        child = Child(pid, full_tag, argv, start, cgroup)
         child.reaper = self
         self._children[child.pid] = child
         return child

@@ -16,6 +16,7 @@ import anyio
 
 from supervisor.proc.kernel import SpawnError, out_of_fds, out_of_fds_text
 from supervisor.proc.reaper import Reaper
+from supervisor.proc.spawn import Credentials
 from supervisor.proc.stop import terminate
 
 __all__ = ["RunTimeout", "run_to_completion"]
@@ -41,13 +42,16 @@ async def run_to_completion(
     stop_signal: int = signal.SIGTERM,
     stop_timeout: float = 2.0,
     pdeathsig: bool = True,
+    credentials: Credentials | None = None,
 ) -> tuple[int, bytes]:
     """Run a command to its end: ``(exit code, output)``.
 
     stdout and stderr go to one pipe; the last ``output_limit`` bytes are returned. When the
     leader exits, processes it left behind are terminated (``stop_signal``, then SIGKILL after
     ``stop_timeout``). After ``timeout`` seconds the whole tree is terminated the same way and
-    :class:`RunTimeout` (a ``TimeoutError``) is raised. Raises :class:`~supervisor.proc.kernel.SpawnError`.
+    :class:`RunTimeout` (a ``TimeoutError``) is raised. ``credentials``: run as that user (a unit's ``user``:
+    its ``[prepare]`` command and exec probes run as the service does). Raises
+    :class:`~supervisor.proc.kernel.SpawnError`.
     """
     try:
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
@@ -56,9 +60,11 @@ async def run_to_completion(
     try:
         try:
             if pdeathsig:
-                child = reaper.spawn(argv, cwd=cwd, env=env, stdout=write_fd, stderr=write_fd, tag=tag)
+                child = reaper.spawn(argv, cwd=cwd, env=env, stdout=write_fd, stderr=write_fd, tag=tag,
+                                     credentials=credentials)
             else:
-                child = await reaper.spawn_async(argv, cwd=cwd, env=env, stdout=write_fd, stderr=write_fd, tag=tag)
+                child = await reaper.spawn_async(argv, cwd=cwd, env=env, stdout=write_fd, stderr=write_fd, tag=tag,
+                                                 credentials=credentials)
         finally:
             os.close(write_fd)
         os.set_blocking(read_fd, False)

@@ -1,4 +1,5 @@
-"""How a service process is started: checked arguments, fork and exec in a new session, disowned.
+"""How a service process is started: checked arguments, fork and exec in a new session (as the unit's user),
+disowned.
 
 The pid that :func:`popen` returns is disowned: ``subprocess`` never waits for it (not in
 ``Popen.__del__``, not in ``subprocess._cleanup``), because only the
@@ -12,18 +13,36 @@ import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from supervisor.config.accounts import AccountError, Credentials, credentials_for
 from supervisor.proc.kernel import HELD_SIGNALS, PR_SET_PDEATHSIG, SpawnError, libc_prctl, out_of_fds, out_of_fds_text
 from supervisor.proc.proctable import add_tag
 
-__all__ = ["launch_args", "pdeathsig_setup", "popen"]
+if TYPE_CHECKING:
+    from supervisor.plan.resolve import ResolvedUnit
+
+__all__ = ["Credentials", "launch_args", "pdeathsig_setup", "popen", "unit_credentials"]
 
 _DISOWNED = -(2**31)  # a Popen returncode that makes Popen itself never call waitpid
 
 
+def unit_credentials(unit: ResolvedUnit) -> Credentials | None:
+    """Who the unit's processes run as (None: as qasup), looked up now; raises :class:`SpawnError`
+    (``FILE: user: unknown user 'x' ...``, or qasup is not root)."""
+    spec = unit.spec
+    if spec.user is None:
+        return None
+    try:
+        return credentials_for(spec, unit.env, os.environ)
+    except AccountError as e:
+        raise SpawnError(f"{spec.file_of(e.key)}: {e.key}: {e}") from None
+
+
 def launch_args(argv: Sequence[str], cwd: str | Path, env: Mapping[str, str],
-                tag: str) -> tuple[list[str], str, dict[str, str], str]:
-    """Checked argv and cwd, the environment with the child's tag added, and that tag (``tag:<random hex>``)."""
+                tag: str, credentials: Credentials | None = None) -> tuple[list[str], str, dict[str, str], str]:
+    """Checked argv and cwd, the environment with the child's tag added (and the user's HOME, USER and LOGNAME
+    as ``credentials`` say), and that tag (``tag:<random hex>``)."""
     if not argv:
         raise SpawnError("cannot start a service with an empty command")
     args = [os.fspath(a) for a in argv]
@@ -33,15 +52,22 @@ def launch_args(argv: Sequence[str], cwd: str | Path, env: Mapping[str, str],
         raise SpawnError(f"cannot start {args[0]!r}: working directory {where!r} {why}")
     full_tag = f"{tag}:{os.urandom(8).hex()}"
     environ = dict(env)
+    if credentials is not None:
+        environ.update(credentials.env)
     add_tag(environ, full_tag)
     return args, where, environ, full_tag
 
 
 def popen(argv: list[str], cwd: str, environ: dict[str, str], stdin: int | None, stdout: int | None,
-          stderr: int | None, pass_fds: tuple[int, ...], preexec: Callable[[], None] | None) -> int:
-    """Fork and exec in a new session; returns the pid, disowned (only the Reaper waits for it)."""
+          stderr: int | None, pass_fds: tuple[int, ...], preexec: Callable[[], None] | None,
+          credentials: Credentials | None = None) -> int:
+    """Fork and exec in a new session; returns the pid, disowned (only the Reaper waits for it).
+
+    ``credentials``: the child calls setgroups, setgid and setuid before exec (CPython's own code between fork
+    and exec, no Python runs there; Popen uses fork rather than vfork then, about a millisecond more)."""
     import subprocess  # here, not at module top: CLI verbs that never spawn skip its import cost
 
+    switch = credentials if credentials is not None and credentials.switch else None
     # a child inherits the forking thread's signal mask across exec: never hand it the signals that `qasup up`
     # holds during start-up (a worker thread started then would still block them)
     held = signal.pthread_sigmask(signal.SIG_BLOCK, ()).intersection(HELD_SIGNALS)
@@ -59,9 +85,15 @@ def popen(argv: list[str], cwd: str, environ: dict[str, str], stdin: int | None,
             pass_fds=pass_fds,
             start_new_session=True,
             preexec_fn=preexec,
+            user=None if switch is None else switch.uid,
+            group=None if switch is None else switch.gid,
+            extra_groups=None if switch is None else list(switch.groups),
         )
     except OSError as exc:
-        raise SpawnError(_os_error_message(argv[0], cwd, environ, exc)) from None
+        text = _os_error_message(argv[0], cwd, environ, exc)
+        if switch is not None and isinstance(exc, PermissionError):
+            text += f" (running as {switch.name}, uid {switch.uid}, gid {switch.gid})"
+        raise SpawnError(text) from None
     except (ValueError, TypeError) as exc:  # NUL bytes, non-string environment values
         raise SpawnError(f"cannot start {argv[0]!r}: {exc}") from None
     except subprocess.SubprocessError as exc:  # the preexec hook failed

@@ -1,0 +1,207 @@
+"""The life of one spawned run, from its spawn to its exit: output, readiness, the main process, liveness, leftovers.
+
+:class:`Lifetime` captures the output into its sinks, probes readiness (and runs the ``[live]`` loop once ready),
+and waits for the run's end:
+
+* ``type = "simple"``: the spawned process is the main process. When it exits 0 and leaves processes behind
+  (it daemonized) the run is a failed start, with a message that says how to keep it in the foreground;
+  the leftovers are stopped.
+* ``type = "forking"``: the launcher must exit 0; then the main process is the daemon
+  (:func:`~supervisor.proc.pidfile.find_main`), ``Spawned`` is posted again with its pid, ``Ready`` only
+  once it is known, and the run ends with the daemon's exit.
+
+A run ends when its main process has exited, its output was read to the end and none of its processes remain:
+leftovers get ``[stop] signal`` and the unit's full ``[stop] timeout`` before SIGKILL. A stop (:func:`stop_run`)
+owns the tree from its first signal on: the run waits for it rather than signalling anything itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import anyio
+
+from supervisor.engine import messages as m
+from supervisor.engine.instance import Instance
+from supervisor.engine.states import ServiceState
+from supervisor.logs.capture import capture
+from supervisor.proc.pidfile import MainProcess, find_main
+from supervisor.proc.reaper import Child
+from supervisor.proc.stop import terminate, tree_stats
+from supervisor.proc.tree import anything_left
+from supervisor.readiness.live import Check, LiveLog, LiveLoop
+from supervisor.readiness.probes import LogMarker, Probe, wait_ready, why_not_ready
+
+if TYPE_CHECKING:
+    from supervisor.engine.service import Service
+    from supervisor.plan.resolve import ResolvedUnit
+
+DRAIN_AFTER_EXIT = 2.0   # seconds to wait for the pipe's EOF after the main process exited, before stopping leftovers
+
+
+@dataclass(eq=False)
+class Run:
+    """The I/O side of one instance."""
+
+    inst: Instance
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    child: Child | None = None           # the spawned process (a forking service's launcher)
+    main: MainProcess | None = None      # a forking service's daemon, once known
+    main_known: anyio.Event | None = None   # forking only: set once the daemon is known
+    marker: LogMarker | None = None
+    probes: list[Probe] = field(default_factory=list)
+    live_log: LiveLog | None = None
+    live_checks: list[Check] = field(default_factory=list)
+    read_fd: int = -1
+    stopping: bool = False               # a terminate owns the tree (a stop, or the stop of leftovers)
+    stopped: anyio.Event = field(default_factory=anyio.Event)   # set when that terminate has returned
+
+    def main_pid(self) -> int | None:
+        """The main process's pid while it runs."""
+        if self.main is not None:
+            return self.main.pid if self.main.alive() else None
+        if self.child is None or self.child.returncode is not None:
+            return None
+        return self.child.pid
+
+
+async def stop_run(run: Run, sig: int, timeout: float, mode: str) -> None:
+    """Stop ``run``'s tree (``[stop] mode``); a run has one stop: a later call adds nothing to a running one."""
+    if run.stopping or run.child is None:
+        return
+    run.stopping = True
+    try:
+        await terminate(run.child, sig, timeout, mode=mode, main=run.main)
+    finally:
+        run.stopped.set()
+
+
+def daemonized_message(left: Sequence[int]) -> str:
+    pids = ", ".join(map(str, sorted(left)[:8])) + (", ..." if len(left) > 8 else "")
+    return (f"the program daemonized: its main process exited 0 and left {len(left)} "
+            f"process{'es' if len(left) != 1 else ''} running (pid{'s' if len(left) != 1 else ''} {pids}), "
+            "stopped now. Keep it in the foreground (nginx: 'daemon off;', redis-server: '--daemonize no', "
+            "memcached: without -d), or set type = \"forking\" (and pid_file) in its unit")
+
+
+class Lifetime:
+    """One spawned run (see the module's docstring); ``await Lifetime(...).supervise()`` -> (code, failure)."""
+
+    def __init__(self, svc: Service, run: Run, unit: ResolvedUnit, *, sinks: Sequence[Callable[[bytes], None]],
+                 flushes: Sequence[Callable[[], None]], say: Callable[[str], None]) -> None:
+        self.svc, self.run, self.unit = svc, run, unit
+        self.sinks, self.say = sinks, say
+        self.eof = anyio.Event()
+        self.flushes = [*flushes, self.eof.set]
+        self.forking = unit.spec.type == "forking"
+        self.left_behind: list[int] = []   # what was left running after a natural exit of the main process
+        self.failed_start = False          # the run never had a main process of its own
+        if self.forking:
+            run.main_known = anyio.Event()
+
+    async def supervise(self) -> tuple[int | None, str | None]:
+        run = self.run
+        assert run.child is not None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._capture)
+            tg.start_soon(self._readiness)
+            code, failure = await self._main_exit(run.child)
+            await self._leftovers(run.child, drain=failure is None)
+            if failure is None and code == 0 and not self.forking and self.left_behind:
+                failure = daemonized_message(self.left_behind)
+                self.failed_start = True
+            tg.cancel_scope.cancel()
+        cgroup = getattr(run.child, "cgroup", None)
+        if cgroup is not None and not cgroup.populated():
+            cgroup.remove()   # the run is over: its cgroup goes with it
+        if self.failed_start:
+            run.inst.pid = None   # there was no main process to speak of: the start failed
+        return code, failure
+
+    async def _main_exit(self, child: Child) -> tuple[int | None, str | None]:
+        """Wait for the main process's exit: (its exit code, why the run failed)."""
+        code: int | None = await child.wait()
+        run = self.run
+        if not self.forking or run.stopping:
+            return code, None
+        if code != 0:
+            self.failed_start = True
+            return code, (f"the launcher exited with code {code} (type = \"forking\" expects it to exit 0 once "
+                          f"its daemon runs)")
+        unit = self.unit
+        pid_file = unit.cwd / unit.spec.pid_file if unit.spec.pid_file else None
+        deadline = (run.inst.spawned_at or time.monotonic()) + unit.ready.timeout
+        found = await find_main(child, pid_file, deadline, give_up=lambda: run.stopping)
+        if isinstance(found, str):
+            if run.stopping:
+                return None, None
+            self.failed_start = True
+            return None, found
+        run.main = found
+        run.inst.pid = found.pid
+        assert run.main_known is not None
+        run.main_known.set()
+        self.svc.post(m.Spawned(run.inst))
+        code = await found.wait()
+        if code is None:
+            return None, (f"the daemon (pid {found.pid}) exited; its exit code is unknown (qasup was not its "
+                          f"parent: run qasup as PID 1 or where it can be a child subreaper)")
+        return code, None
+
+    async def _leftovers(self, child: Child, drain: bool) -> None:
+        """The main process has exited: read the output to its end and stop whatever is left (the full
+        ``[stop] timeout``), unless a stop owns the tree already (then wait for it). ``drain``: give the
+        leftovers a moment to end by themselves first (not after a failed start: they must go anyway)."""
+        run = self.run
+        if drain and not run.stopping:
+            with anyio.move_on_after(DRAIN_AFTER_EXIT):
+                await self.eof.wait()
+        if not run.stopping and (not self.eof.is_set() or anything_left(child)):
+            # leftovers still hold the pipe or run on: a service is stopped only when none remain
+            self.left_behind = sorted(tree_stats(child))
+            stop = self.unit.spec.stop
+            await stop_run(run, stop.signal, stop.timeout, "group")
+        if run.stopping:
+            await run.stopped.wait()
+        with anyio.move_on_after(DRAIN_AFTER_EXIT):
+            await self.eof.wait()
+
+    async def _capture(self) -> None:
+        name = self.svc.name
+
+        def sink_error(sink: Callable[[bytes], None], exc: Exception) -> None:
+            self.say(f"{name}: log output handler failed: {type(exc).__name__}: {exc}")
+
+        await capture(self.run.read_fd, self.sinks, on_eof=self.flushes, on_sink_error=sink_error)
+
+    async def _readiness(self) -> None:
+        run, unit, post = self.run, self.unit, self.svc.post
+        with anyio.move_on_after(unit.ready.timeout) as scope:
+            await wait_ready(run.probes, unit.ready.mode)
+            if run.main_known is not None:
+                await run.main_known.wait()   # forking: ready only once the daemon is known
+            post(m.Ready(run.inst))
+        if scope.cancelled_caught:
+            if run.main_known is None or run.main_known.is_set():
+                post(m.ReadyTimeout(run.inst, why_not_ready(run.probes)))
+            # else the search for the daemon says why it was not found, at the same deadline
+            return
+        if unit.live is not None and run.live_checks:
+            await self._live(unit)
+
+    async def _live(self, unit: ResolvedUnit) -> None:
+        """``[live]``: rounds while the instance is ready (the loop is cancelled with the run)."""
+        live = unit.live
+        assert live is not None
+        svc, inst = self.svc, self.run.inst
+
+        def active() -> bool:
+            return svc.inst is inst and svc.state == ServiceState.READY and not inst.terminating
+
+        loop = LiveLoop(live, self.run.live_checks, active=active,
+                        on_failed=lambda n, why: svc.post(m.LiveFailed(inst, n, why)),
+                        on_recovered=lambda: svc.post(m.LiveRecovered(inst)))
+        await loop.run()
