@@ -314,7 +314,7 @@ async def _signals(signals: AsyncIterator[int], engine: Engine, say: Say, state:
                 interrupts += 1
                 if interrupts > 1:
                     say("second interrupt: killing every service now")
-                    engine.kill_now()
+                    engine.kill_now(interrupted=True)
                 else:
                     engine.begin_shutdown("interrupted (SIGINT); press Ctrl-C again to kill at once")
             elif sig == signal.SIGTERM:

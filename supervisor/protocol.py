@@ -74,6 +74,7 @@ class Exit(enum.IntEnum):
     CONFIG = 2          # bad configuration or usage
     NOT_READY = 3       # status: some enabled services are not ready
     NO_DAEMON = 4       # no daemon answers on the control socket
+    KILLED = 5          # up: stopped, but some service had to be SIGKILLed ([stop] timeout or stop_budget)
     INTERRUPTED = 130   # interrupted (Ctrl-C)
 
 

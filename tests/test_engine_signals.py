@@ -52,7 +52,7 @@ def test_orphans_of_services_are_reaped_by_qasup(stack, up, tmp_path):
     child, daemon = map(int, (tmp_path / "pids").read_text().split())
     ppid = int(open(f"/proc/{daemon}/stat").read().rsplit(")", 1)[1].split()[1])
     assert ppid == u.proc.pid
-    assert u.stop() == 0
+    assert u.stop() == 5   # its tree ignores SIGTERM: SIGKILLed at the stop timeout, which the exit code says
     assert not alive(child) and not alive(daemon)
 
 
@@ -90,9 +90,33 @@ def test_second_sigint_kills_everything_now(stack, up):
     u.signal(signal.SIGINT)
     code = u.wait(5)
     assert time.monotonic() - t0 < 2
-    assert code in (0, 1)
+    assert code == 130   # a forced stop is not a clean one (the shell's convention for SIGINT)
     assert "second interrupt" in u.out
+    assert "[qasup] stack stopped: killed at once by a second interrupt; exit 130" in u.out
     assert u.leftovers() == []
+
+
+def test_a_shutdown_that_had_to_sigkill_exits_5_and_says_who(stack, up):
+    stack.unit("stubborn", command=[PY, standin("svc_slowstop.py"), "--ignore-term"], ready={"log": "started"},
+               stop={"timeout": "0.5s"})
+    stack.unit("polite", command=SLEEP, ready={"log": "up"})
+    u = up().start()
+    u.wait_out("services ready")
+    u.signal(signal.SIGTERM)
+    assert u.wait(10) == 5
+    assert ("[qasup] stack stopped: stubborn had to be killed (SIGKILL) after its stop timeout or the stop "
+            "budget; exit 5") in u.out
+    assert u.out.rstrip().splitlines()[-1].endswith("exit 5")   # the console's last line says how it ended
+    assert u.leftovers() == []
+
+
+def test_a_clean_shutdown_says_so_last_and_exits_0(stack, up):
+    stack.unit("a", command=SLEEP, ready={"log": "up"})
+    u = up().start()
+    u.wait_out("services ready")
+    u.signal(signal.SIGTERM)
+    assert u.wait(10) == 0
+    assert u.out.rstrip().splitlines()[-1] == "[qasup] stack stopped cleanly; exit 0"
 
 
 def test_sigkilled_qasup_does_not_leave_the_stack_running(stack, up, tmp_path):

@@ -27,9 +27,11 @@ from supervisor.engine.errors import Conflict, Unavailable, UnknownService
 from supervisor.engine.events import EventLog
 from supervisor.engine.host import HostContext, ProcessHost, environment_with
 from supervisor.engine.instance import Neighbour, ServiceHost
+from supervisor.engine.outcome import outcome
 from supervisor.engine.policy import jitter as default_jitter
 from supervisor.engine.service import Service
-from supervisor.engine.states import DepVerdict, Hold, ServiceState, StackState
+from supervisor.engine.settle import check_control, refused, settle, stopped_by_user, waits_for_deps
+from supervisor.engine.states import DepVerdict, ServiceState, StackState
 from supervisor.errors import Problems
 from supervisor.logs.echo import Echo
 from supervisor.plan.resolve import ResolvedUnit, resolve_unit
@@ -83,6 +85,8 @@ class Engine:
         self.shutting_down = False
         self.stop_deadline = math.inf
         self.abort_reason: str | None = None
+        self.interrupted = False               # a second SIGINT killed everything at once
+        self.forced: list[str] = []            # services SIGKILLed during the shutdown
         self.started = clock()
         self.ready_once = False
         self._changed: anyio.Event | None = None
@@ -120,9 +124,11 @@ class Engine:
             for svc in self.services.values():
                 svc.host.close()
             self.events.close_subscribers()
-            self.record(None, "", "stack stopped")
+            end = outcome(self.abort_reason, self.interrupted, self.forced)
+            self.say(end.line)
+            self.record(None, "", end.line)
             self.events.close()
-        return 1 if self.abort_reason else 0
+        return end.code
 
     async def _all_finished(self) -> None:
         while True:
@@ -174,13 +180,17 @@ class Engine:
             self.say(f"stop budget ({self.stack.stop_budget:g}s) spent: killing {', '.join(left)}")
             self.kill_now()
 
-    def kill_now(self) -> None:
-        """SIGKILL every process of every service (a second Ctrl-C, or the stop budget spent)."""
+    def kill_now(self, interrupted: bool = False) -> None:
+        """SIGKILL every process of every service (a second Ctrl-C: ``interrupted``, or the stop budget spent)."""
+        self.interrupted = self.interrupted or interrupted
         if not self.shutting_down:
             self.shutting_down = True
             self.stop_deadline = self.clock()
             for svc in self.services.values():
                 svc.post(m.Shutdown())
+        for svc in self.services.values():
+            if svc.inst is not None and svc.inst.pid is not None:
+                self.note_forced(svc.name)
         for svc in self.services.values():
             svc.kill_now()
 
@@ -189,6 +199,11 @@ class Engine:
             self.abort_reason = reason
             self.say(f"aborting the stack: {reason}")
         self.begin_shutdown(f"abort: {reason}")
+
+    def note_forced(self, name: str) -> None:
+        """A stop of ``name`` had to SIGKILL (counted during the shutdown only: it decides the exit code)."""
+        if self.shutting_down and name not in self.forced:
+            self.forced.append(name)
 
     def budget_left(self) -> float:
         return self.stop_deadline - self.clock()
@@ -295,54 +310,32 @@ class Engine:
 
     # ------------------------------------------------------------------ requests
 
-    async def _settle(self, svc: Service, done: Callable[[Service], bool], timeout: float) -> None:
-        with anyio.move_on_after(timeout):
-            while not done(svc):
-                await svc.changed.wait()
-
-    def _check_control(self, svc: Service) -> None:
-        if self.shutting_down:
-            raise Conflict("the stack is shutting down")
-        if svc.state == S.DISABLED:
-            raise Conflict(f"{svc.name} is disabled by the plan ({svc.splan.reason})")
-
-    def _waits_for_deps(self, svc: Service) -> bool:
-        return svc.state == S.WAITING and self.deps_verdict(svc.name)[0] is not DepVerdict.GO
-
-    @staticmethod
-    def _stopped_by_user(svc: Service) -> bool:
-        """A stop came in meanwhile: a start or restart waiting for readiness answers at once (refused)."""
-        return svc.inst is None and svc.state == S.STOPPED and svc.hold is Hold.USER
-
-    def _refused(self, svc: Service, what: str) -> Conflict:
-        return Conflict(f"{svc.name}: {what}: state {svc.state}" + (f": {svc.last_error}" if svc.last_error else ""))
-
     async def start(self, name: str, timeout: float | None = None) -> dict[str, Any]:
         svc = self._get(name)
-        self._check_control(svc)
+        check_control(svc)
         svc.post(m.StartRequest())
         await anyio.sleep(0)
         wait = timeout if timeout is not None else svc.unit.ready.timeout + 5
-        await self._settle(svc, lambda s: s.state in (S.READY, S.FAILED) or self._waits_for_deps(s)
-                           or self._stopped_by_user(s), wait)
+        await settle(svc, lambda s: s.state in (S.READY, S.FAILED) or waits_for_deps(s)
+                           or stopped_by_user(s), wait)
         if svc.state not in (S.READY, S.WAITING):
-            raise self._refused(svc, "start failed")
+            raise refused(svc, "start failed")
         return {"ok": True, "service": svc.status()}
 
     async def stop(self, name: str) -> dict[str, Any]:
         svc = self._get(name)
-        self._check_control(svc)
+        check_control(svc)
         svc.post(m.StopRequest())
-        await self._settle(svc, lambda s: s.inst is None and s.state in (S.STOPPED, S.FAILED),
+        await settle(svc, lambda s: s.inst is None and s.state in (S.STOPPED, S.FAILED),
                            svc.spec.stop.timeout + 10)
         if svc.inst is not None:
-            raise self._refused(svc, "stop did not finish")
+            raise refused(svc, "stop did not finish")
         return {"ok": True, "service": svc.status()}
 
     async def restart(self, name: str, with_dependents: bool = False, timeout: float | None = None
                       ) -> dict[str, Any]:
         svc = self._get(name)
-        self._check_control(svc)
+        check_control(svc)
         targets = [svc]
         if with_dependents:
             targets += [self.services[n] for n in self.graph.dependents(name)
@@ -355,11 +348,11 @@ class Engine:
 
         def settled(x: Service) -> bool:
             return ((x.state == S.READY and x.instances > before[x.name]) or x.state == S.FAILED
-                    or (x.inst is None and self._waits_for_deps(x)) or self._stopped_by_user(x))
+                    or (x.inst is None and waits_for_deps(x)) or stopped_by_user(x))
 
         with anyio.move_on_after(wait):
             for s in targets:
-                await self._settle(s, settled, wait)
+                await settle(s, settled, wait)
         bad = [s for s in targets if s.state not in (S.READY, S.WAITING)]
         if bad:
             raise Conflict("; ".join(f"{s.name}: {s.state}" + (f": {s.last_error}" if s.last_error else "")

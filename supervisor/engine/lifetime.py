@@ -114,6 +114,8 @@ class Lifetime:
                 failure = daemonized_message(self.left_behind)
                 self.failed_start = True
             tg.cancel_scope.cancel()
+        if run.child.forced:
+            self.svc.stack.note_forced(self.svc.name)   # a shutdown that had to SIGKILL exits 5
         cgroup = getattr(run.child, "cgroup", None)
         if cgroup is not None and not cgroup.populated():
             cgroup.remove()   # the run is over: its cgroup goes with it

@@ -56,6 +56,7 @@ class Child:
         self.started = time.monotonic()
         self.returncode: int | None = None
         self.reaper: Reaper | None = None
+        self.forced = False   # a stop had to SIGKILL what was left of its tree
         self._start_ticks = start_ticks
         self._exited = anyio.Event()
 

@@ -155,6 +155,7 @@ async def terminate(child: Child, sig: int, timeout: float, *, mode: str = "grou
     stopper.send(sig, stopper.live())
     code = await stopper.wait_gone(sig, deadline)
     if code is None:
+        child.forced = True
         _kill_cgroup(child)
     while code is None:
         if child.returncode is None:
