@@ -151,6 +151,7 @@ async def _run_stack(plan: Plan, options: DaemonOptions, signals: AsyncIterator[
                      echo: Echo | None, say: Say) -> int:
     daemon_id = os.urandom(8).hex()
     async with tracking(daemon_id, say) as (reaper, _swept), guardian(reaper, daemon_id, say):
+        _quiet_wakeup_fd()   # again: asyncio's add_signal_handler (the reaper's SIGCHLD) set it back to warn
         engine = Engine(plan, reaper, echo=echo, say=say, planner=options.planner, daemon_id=daemon_id)
         state = _StateWatch(engine, say)
         async with anyio.create_task_group() as tg:
