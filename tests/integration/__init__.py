@@ -1,0 +1,1 @@
+"""The integration suite against real programs: see conftest.py and run.sh."""
