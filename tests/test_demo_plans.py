@@ -1,5 +1,7 @@
 """The demo stack under `qasup up`, once per plan of QAnything's script: which services ran, their
-CUDA_VISIBLE_DEVICES (read from the live processes), their start order, and the .env the plan wrote."""
+CUDA_VISIBLE_DEVICES (read from the live processes), their start order, the .env the plan wrote, and that every
+plan names its services as QAnything's design card does (one unit per service; what changes with the plan is in
+conditional drop-ins), so that `qasup restart sanic` works in every plan."""
 
 from __future__ import annotations
 
@@ -16,27 +18,43 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = ["-m", "Qwen-7B-Chat", "-s", "7B", "-t", "qwen-7b-chat"]
+# The design card's services, plus the distinct programs of the FastChat backends and the default backend's relay:
+# every unit there is, and the only names any plan shows.
+CARD = {"triton-llm", "triton-embed-rerank", "fastchat-controller", "vllm-worker", "rerank", "ocr", "sanic",
+        "fastchat-openai-api", "hf-worker", "sglang-worker", "llm-relay"}
+FASTCHAT = {"fastchat-controller", "fastchat-openai-api", "triton-embed-rerank", "rerank", "ocr", "sanic"}
 
 PLANS = {
-    "default-1gpu": ([], {"triton", "llm-relay", "rerank", "ocr", "sanic"},
-                     {"triton": "0", "ocr": "0"}, {"RUNTIME_BACKEND": "default", "OFFCUT_TOKEN": "0",
-                                                   "RERANK_PORT": "10001", "GPUID1": "0", "GPUID2": "0"}),
+    "default-1gpu": ([], {"triton-llm", "llm-relay", "rerank", "ocr", "sanic"},
+                     {"triton-llm": "0", "ocr": "0"}, {"RUNTIME_BACKEND": "default", "OFFCUT_TOKEN": "0",
+                                                       "RERANK_PORT": "10001", "GPUID1": "0", "GPUID2": "0"}),
     "default-2gpu": (["-i", "0,1", "-p", "1"], {"triton-llm", "triton-embed-rerank", "llm-relay", "rerank", "ocr", "sanic"},
                      {"triton-llm": "0", "triton-embed-rerank": "1", "ocr": "1"},
                      {"RUNTIME_BACKEND": "default", "TP": "1", "GPUID1": "0", "GPUID2": "1", "RERANK_PORT": "9001"}),
-    "hf": (["-b", "hf", *MODEL], {"triton-embed-rerank-1gpu", "fastchat-controller", "fastchat-openai-api",
-                                  "hf-worker", "rerank", "ocr", "sanic"},
-           {"hf-worker": "0"}, {"RUNTIME_BACKEND": "hf", "MODEL_NAME": "Qwen-7B-Chat", "LLM_API_SERVE_PORT": "7802"}),
-    "vllm-2gpu": (["-b", "vllm", "-i", "0,1", *MODEL],
-                  {"triton-embed-rerank", "fastchat-controller", "fastchat-openai-api", "vllm-worker", "rerank",
-                   "ocr", "sanic"},
+    "hf": (["-b", "hf", *MODEL], FASTCHAT | {"hf-worker"},
+           {"hf-worker": "0", "triton-embed-rerank": "0"},
+           {"RUNTIME_BACKEND": "hf", "MODEL_NAME": "Qwen-7B-Chat", "LLM_API_SERVE_PORT": "7802"}),
+    "vllm-2gpu": (["-b", "vllm", "-i", "0,1", *MODEL], FASTCHAT | {"vllm-worker"},
                   {"vllm-worker": "0,1", "triton-embed-rerank": "1"},
                   {"RUNTIME_BACKEND": "vllm", "TP": "2", "CONV_TEMPLATE": "qwen-7b-chat"}),
-    "sglang": (["-b", "sglang", *MODEL], {"triton-embed-rerank-1gpu", "fastchat-controller", "fastchat-openai-api",
-                                          "sglang-worker", "rerank", "ocr", "sanic"},
+    "sglang": (["-b", "sglang", *MODEL], FASTCHAT | {"sglang-worker"},
                {"sglang-worker": "0"}, {"RUNTIME_BACKEND": "sglang"}),
-    "cloud": (["-c", "cloud"], {"triton-embed-rerank-cloud", "rerank", "ocr", "sanic-cloud"},
-              {}, {"LLM_API": "cloud", "MODEL_SIZE": "0B"}),
+    "cloud": (["-c", "cloud"], {"triton-embed-rerank", "rerank", "ocr", "sanic"},
+              {"triton-embed-rerank": "0", "ocr": "0"}, {"LLM_API": "cloud", "MODEL_SIZE": "0B"}),
+}
+# More plans, checked by `qasup plan` alone: (flags, the services enabled, the conditional drop-ins applied).
+MORE_PLANS = {
+    "vllm-1gpu": (["-b", "vllm", *MODEL], FASTCHAT | {"vllm-worker"}),
+    "hf-2gpu": (["-b", "hf", "-i", "0,1", "-p", "1", *MODEL], FASTCHAT | {"hf-worker"}),
+    "sglang-2gpu": (["-b", "sglang", "-i", "0,1", "-p", "1", *MODEL], FASTCHAT | {"sglang-worker"}),
+    "cloud-2gpu": (["-c", "cloud", "-i", "0,1"], {"triton-embed-rerank", "rerank", "ocr", "sanic"}),
+}
+# The conditional drop-ins (services.d/NAME.d/FILE, the demo's dropins/NAME.d/FILE) of the enabled services that
+# apply in a plan; in the others, none applies to an enabled service.
+APPLIED = {
+    "default-2gpu": {"triton-llm.d/two-gpus.toml", "triton-llm.d/standin_two_gpus.toml"},
+    "cloud": {"triton-embed-rerank.d/cloud.toml", "sanic.d/cloud.toml", "sanic.d/standin_cloud.toml"},
+    "cloud-2gpu": {"triton-embed-rerank.d/cloud.toml", "sanic.d/cloud.toml", "sanic.d/standin_cloud.toml"},
 }
 
 
@@ -78,8 +96,15 @@ def test_demo_plan(demo, plan):
         r = qasup(demo, "wait-ready", "--timeout", "60s", timeout=90)
         assert r.returncode == 0, (demo / "up.out").read_text()[-3000:]
         status = json.loads(qasup(demo, "status", "--json").stdout)
+        assert {s["name"] for s in status["services"]} == CARD   # --json keeps every service: the card's names
         running = {s["name"]: s for s in status["services"] if s["state"] != "disabled"}
         assert set(running) == expected
+        table = qasup(demo, "status")   # the plan's services only, and a line that says how many are hidden
+        assert table.returncode == 0, table.stdout + table.stderr
+        lines = table.stdout.strip().splitlines()   # stack line, NAME ... header, a row per service, the note
+        assert lines[1].split()[0] == "NAME" and {line.split()[0] for line in lines[2:-1]} == expected, table.stdout
+        assert len(lines) == len(expected) + 3, table.stdout
+        assert lines[-1] == f"({len(CARD) - len(expected)} services disabled by the plan not shown: qasup status --all)"
         assert all(s["state"] == "ready" for s in running.values())
         for name, devices in gpus.items():
             assert environ_of(running[name]["pid"]).get("CUDA_VISIBLE_DEVICES") == devices, name
@@ -102,6 +127,16 @@ def test_demo_plan(demo, plan):
             assert values.get(key, "").strip("'\"") == value, key
         banner = "Please visit the front-end service at http://127.0.0.1:8777/qanything/"
         assert banner in (demo / "up.out").read_text()
+        # the same name in every plan: `qasup restart sanic` restarts QAnything's API (a new process, ready again)
+        old = running["sanic"]["pid"]
+        r = qasup(demo, "restart", "sanic")
+        assert (r.returncode, r.stdout.strip()) == (0, "sanic: restarted"), r.stdout + r.stderr
+        assert qasup(demo, "wait-ready", "sanic", "--timeout", "30s", timeout=60).returncode == 0
+        after = {s["name"]: s for s in json.loads(qasup(demo, "status", "--json").stdout)["services"]}
+        assert after["sanic"]["state"] == "ready" and after["sanic"]["pid"] not in (None, old)
+        assert not Path(f"/proc/{old}").exists(), "the old sanic is still there"
+        mode = "online" if "cloud" in plan else "local"   # sanic.d/cloud.toml applied again for the new instance
+        assert Path(f"/proc/{after['sanic']['pid']}/cmdline").read_bytes().split(b"\0")[-2] == mode.encode()
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -126,10 +161,35 @@ def test_demo_oom_rule_aborts_the_stack(demo):
     assert time.monotonic() - t0 < 30
 
 
-@pytest.mark.parametrize("plan", list(PLANS))
+ALL_PLANS = {name: (v[0], v[1]) for name, v in {**PLANS, **MORE_PLANS}.items()}
+
+
+@pytest.mark.parametrize("plan", list(ALL_PLANS))
+def test_every_plan_shows_the_card_names_and_which_drop_ins_applied(plan):
+    """`qasup plan --json` of the demo: every service by the card's names, the plan's own enabled; the conditional
+    drop-ins of the enabled services that applied (and only those), with the facts that matched."""
+    flags, expected = ALL_PLANS[plan]
+    r = subprocess.run([sys.executable, "-m", "supervisor", "--config", str(REPO / "examples/demo/qasup.toml"),
+                        "plan", "--json", *flags], capture_output=True, text=True, timeout=60)
+    planned = json.loads(r.stdout)
+    assert planned["feasible"], planned["error"]
+    assert [s["name"] for s in planned["services"]] == sorted(CARD)
+    assert {s["name"] for s in planned["services"] if s["enabled"]} == expected
+    applied = {f"{Path(d['file']).parent.name}/{Path(d['file']).name}": d["reason"]
+               for s in planned["services"] if s["enabled"] for d in s["dropins"] if d["applied"]}
+    assert set(applied) == APPLIED.get(plan, set()), applied
+    assert all(d["reason"] for s in planned["services"] for d in s["dropins"])
+    off = {s["name"]: s["reason"] for s in planned["services"] if not s["enabled"]}
+    if plan == "default-1gpu":   # triton-llm serves embed/rerank: the separate Triton is off, and the plan says why
+        assert off["triton-embed-rerank"] == ("enabled = false in triton-embed-rerank.d/default-one-gpu.toml "
+                                              "(llm_api is local, runtime_backend is default, same_gpu is true)")
+        assert next(s for s in planned["services"] if s["name"] == "triton-llm")["vram_mib"] == 13000
+
+
+@pytest.mark.parametrize("plan", list(ALL_PLANS))
 def test_real_units_check_for_every_plan(plan):
     """`qasup check` passes on the repository's own services.d (the real commands) for every plan."""
-    flags = PLANS[plan][0]
+    flags = ALL_PLANS[plan][0]
     gpus = json.dumps([{"index": i, "name": "NVIDIA GeForce RTX 4090", "memory_total_mib": 24564,
                         "compute_capability": "8.9"} for i in (0, 1)])
     r = subprocess.run([sys.executable, "-m", "supervisor", "--config", str(REPO / "qasup.toml"), "check",

@@ -66,7 +66,7 @@ FAMILIES: dict[str, tuple[list[str], list[str]]] = {
     "sanic-app": (["rerank", "ocr", "llm-relay"],
                   sorted(p.name for p in SAMPLES.glob("sanic25-run-*.log"))
                   + ["tritonclient-grpc-unavailable.log", "cuda-oom.src.log"]),
-    "sanic": (["sanic", "sanic-cloud"], sorted(p.name for p in SAMPLES.glob("sanic25-*.log"))),
+    "sanic": (["sanic"], sorted(p.name for p in SAMPLES.glob("sanic25-*.log"))),
 }
 
 # (family, sample) -> lines matched per kind; every other kind: 0.
@@ -111,7 +111,8 @@ EXPECT: dict[tuple[str, str], dict[str, int]] = {
     ("sanic-app", "sanic25-run-missing-module.log"): {"traceback": 1},
     ("sanic-app", "tritonclient-grpc-unavailable.log"): {"triton-unavailable": 2, "traceback": 1},
     ("sanic-app", "cuda-oom.src.log"): {"oom": 4},
-    # QAnything's API (services.d/sanic*.toml, helper E's units): real Sanic 25, both ways of starting it
+    # QAnything's API (services.d/sanic.toml with its sanic.d/ drop-ins, helper E's unit): real Sanic 25, both ways
+    # of starting it
     ("sanic", "sanic25-run-start-stop.log"): {"ready": 4},
     ("sanic", "sanic25-run-port-taken.log"): {"port": 1, "traceback": 1},
     ("sanic", "sanic25-run-startup-error.log"): {"traceback": 1},
@@ -127,11 +128,15 @@ def kind_of(pattern: str) -> str | None:
 
 
 def unit_patterns(name: str) -> list[tuple[str, str]]:
-    """(kind, pattern) of a shipped unit's rules and ready marker; kind "?" when it has none."""
-    unit = tomllib.loads((UNITS / f"{name}.toml").read_text())
-    out = [(kind_of(rule["match"]) or "?", rule["match"]) for rule in unit.get("on_log", [])]
-    if "log" in unit.get("ready", {}):
-        out.append(("ready", unit["ready"]["log"]))
+    """(kind, pattern) of a shipped unit's rules and ready marker, and of those its drop-ins
+    (services.d/NAME.d/*.toml, conditional or not) set for the plans they apply in; kind "?" when it has none."""
+    out: list[tuple[str, str]] = []
+    for path in [UNITS / f"{name}.toml", *sorted((UNITS / f"{name}.d").glob("*.toml"))]:
+        part = tomllib.loads(path.read_text())
+        found = [(kind_of(rule["match"]) or "?", rule["match"]) for rule in part.get("on_log", [])]
+        if "log" in part.get("ready", {}):
+            found.append(("ready", part["ready"]["log"]))
+        out += [f for f in found if f not in out]
     return out
 
 
@@ -241,8 +246,8 @@ def test_patterns_match_their_samples_exactly(unit, engine):
     assert not problems, f"{unit} ({engine}):\n" + "\n".join(problems)
 
 
-# The sanic units are helper E's (their real samples and the tests of their behaviour: integration/test_sanic.py):
-# they are held to the exact counts above, not to this.
+# The sanic unit is helper E's (its real samples and the tests of its behaviour: integration/test_sanic.py): it
+# is held to the exact counts above, not to this.
 OWN_UNITS = [u for u in shipped_units() if family_of(u) != "sanic"]
 
 

@@ -99,7 +99,10 @@ def make_plan(config: Config, overrides: Mapping[str, object], gpus: Sequence[Gp
     config, dropin_uses = apply_conditionals(config, facts, probs)   # drop-ins whose own [when] matches
     services = stages.select_services(config, facts, stages.gpu_ids(outcome, inputs))
     for name, uses in dropin_uses.items():
-        services[name] = dataclasses.replace(services[name], dropins=uses)
+        s, off = services[name], config.units[name].file_of("enabled")   # disabled by a conditional drop-in: say which
+        why = next((f"enabled = false in {d.file.parent.name}/{d.file.name} ({d.reason})" for d in uses
+                    if d.applied and d.file == off and not s.enabled), s.reason)
+        services[name] = dataclasses.replace(s, dropins=uses, reason=why)
     wiring = stages.wire(config, services, probs)
     loaders = stages.gpu_loaders(services)
     memory_errors, memory_messages = stages.check_free_memory(loaders, services, gpus)

@@ -26,7 +26,7 @@ from .kit import ONE_4090, PY, REPO, START_TIMEOUT, UNITS, Daemon, Work, all_pro
 
 pytest.importorskip("sanic", reason="sanic is a test dependency (pip install -e '.[test]')")
 
-SHIPPED = ("sanic", "sanic-cloud")
+SHIPPED = ("local", "cloud")   # the plans of the one sanic unit: sanic.toml alone, and with sanic.d/cloud.toml
 SAMPLES = Path(__file__).resolve().parent / "samples"
 APPS = REPO / "tests" / "apps"
 
@@ -208,11 +208,22 @@ def test_sigkill_of_qasup_leaves_nothing(work, pid1):
 
 # ------------------------------------------------------------------------------------------ patterns
 
-def _unit(name: str) -> Any:
-    """A shipped unit as qasup reads it (the repository's own stack: qasup.toml and services.d/)."""
+def _unit(llm_api: str = "local") -> Any:
+    """The shipped sanic unit as qasup reads it in a plan with that ``llm_api`` (the repository's own stack:
+    qasup.toml, services.d/sanic.toml, and the conditional drop-ins of services.d/sanic.d/ whose [when] matches)."""
+    from supervisor.config.conditional import unit_with
     from supervisor.config.loader import load_config
+    from supervisor.errors import Problems
+    from supervisor.plan.dropins import match_facts
 
-    return load_config(cwd=REPO).units[name]
+    unit = load_config(cwd=REPO).units["sanic"]
+    if unit.conditional is None:
+        return unit
+    applied = {f for f, when in unit.conditional.when.items() if match_facts(when, {"llm_api": llm_api})[0]}
+    probs = Problems()
+    merged = unit_with(unit, unit.conditional, applied, probs)
+    assert not probs.items, probs.items
+    return merged
 
 
 def _hits(pattern: str, sample: str, engine: str) -> list[str]:
@@ -237,9 +248,9 @@ PORT_TAKEN = {"sanic25-run-port-taken.log": "OSError: [Errno 98] Address already
 
 
 @pytest.mark.parametrize("engine", ["auto", "re2"])
-@pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_patterns_match_real_sanic25_output(name, engine):
-    unit = _unit(name)
+@pytest.mark.parametrize("llm_api", SHIPPED)
+def test_shipped_patterns_match_real_sanic25_output(llm_api, engine):
+    unit = _unit(llm_api)
     rules = {r.action: r for r in unit.on_log}
     traceback = next(r for r in unit.on_log if "Traceback" in r.match)
     port = rules["abort"]
@@ -268,8 +279,11 @@ def test_shipped_patterns_match_real_sanic25_output(name, engine):
 
 
 def test_both_shipped_sanic_units_agree():
-    """sanic (local LLM) and sanic-cloud run the same server: the same readiness, stop and error rules."""
+    """sanic in a local-LLM plan and in the cloud plan (sanic.d/cloud.toml applied) run the same server: the same
+    readiness, stop and error rules; only the mode and what it requires differ."""
     local, cloud = (_unit(n) for n in SHIPPED)
+    assert (local.command[-2:], cloud.command[-2:]) == (("--mode", "local"), ("--mode", "online"))
+    assert set(local.requires) - set(cloud.requires) == {"llm", "llm-api"}
     assert (local.ready, local.stop, local.on_log) == (cloud.ready, cloud.stop, cloud.on_log)
     assert local.stop.mode == "main" and local.stop.signal in ("SIGTERM", 15)
 
