@@ -37,6 +37,7 @@ from supervisor.logs.inotify import (
 from supervisor.plan.result import Plan
 from supervisor.proc.guardian import guardian
 from supervisor.proc.kernel import raise_fd_limit, release_signals
+from supervisor.proc.notify import Notifier
 from supervisor.proc.sweep import tracking
 from supervisor.protocol import DEFAULT_SOCKET_NAME, MIN_TOKEN_LENGTH, SOCKET_ENV, TOKEN_ENV, Exit, parse_hostport
 
@@ -150,11 +151,16 @@ async def _main(plan: Plan, options: DaemonOptions) -> int:
 async def _run_stack(plan: Plan, options: DaemonOptions, signals: AsyncIterator[int], lock: StackLock,
                      echo: Echo | None, say: Say) -> int:
     daemon_id = os.urandom(8).hex()
+    notifier = Notifier.from_environ()   # sd_notify to qasup's own manager; no service inherits its variables
     async with tracking(daemon_id, say) as (reaper, _swept), guardian(reaper, daemon_id, say):
         _quiet_wakeup_fd()   # again: asyncio's add_signal_handler (the reaper's SIGCHLD) set it back to warn
         engine = Engine(plan, reaper, echo=echo, say=say, planner=options.planner, daemon_id=daemon_id)
         state = _StateWatch(engine, say)
         async with anyio.create_task_group() as tg:
+            if notifier is not None:
+                engine.notify = notifier.send
+                if notifier.watchdog:
+                    tg.start_soon(_watchdog, notifier)
             tg.start_soon(_signals, signals, engine, say, state)
             tg.start_soon(_answer_lock_probes, lock)
             try:
@@ -168,6 +174,14 @@ async def _run_stack(plan: Plan, options: DaemonOptions, signals: AsyncIterator[
             code = await engine.run()
             tg.cancel_scope.cancel()
     return code
+
+
+async def _watchdog(notifier: Notifier) -> None:
+    """``WATCHDOG=1`` every half ``WATCHDOG_USEC``, for as long as the daemon runs."""
+    assert notifier.watchdog
+    while True:
+        notifier.send("WATCHDOG=1")
+        await anyio.sleep(notifier.watchdog)
 
 
 def _check_fd_limit(services: int, say: Say) -> None:

@@ -184,6 +184,8 @@ if TYPE_CHECKING:
         state_since: float | None      # Unix time of the last state change
         ready_timeout_s: float | None  # the unit's [ready] timeout (a starting service's progress)
         counters: dict[str, Any]       # log_bytes, log_dropped_bytes, rule_matches, live_failures, last_exit_code
+        waiting_on: str | None         # while it starts: what it waits on (probes' words, dependencies)
+        notify: str | None             # what the service said by sd_notify (STATUS=, STOPPING=1, RELOADING=1)
 
     class StackStatus(TypedDict):
         state: str
@@ -201,7 +203,8 @@ def service_status(*, name: str, state: str, pid: int | None = None, restarts: i
                    uptime_s: float | None = None, ready_after_s: float | None = None,
                    exit_code: int | None = None, last_error: str | None = None,
                    gpu: str | None = None, state_since: float | None = None,
-                   ready_timeout_s: float | None = None, counters: Mapping[str, Any] | None = None) -> ServiceStatus:
+                   ready_timeout_s: float | None = None, counters: Mapping[str, Any] | None = None,
+                   waiting_on: str | None = None, notify: str | None = None) -> ServiceStatus:
     """One service's row of ``status --json`` (interface.md), keys in their documented order."""
     return {"name": name, "state": str(state), "pid": pid, "restarts": restarts,
             "uptime_s": None if uptime_s is None else round(uptime_s, 3),
@@ -210,7 +213,8 @@ def service_status(*, name: str, state: str, pid: int | None = None, restarts: i
             "ready_timeout_s": ready_timeout_s,
             "counters": dict(counters) if counters is not None else {
                 "log_bytes": 0, "log_dropped_bytes": 0, "rule_matches": {}, "live_failures": 0,
-                "last_exit_code": None}}
+                "last_exit_code": None},
+            "waiting_on": waiting_on, "notify": notify}
 
 
 def stack_status(*, state: str, pid: int, uptime_s: float, name: str, now: float | None = None) -> StackStatus:

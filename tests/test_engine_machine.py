@@ -25,6 +25,7 @@ from supervisor.engine.errors import Conflict, UnknownService
 from supervisor.engine.instance import Instance
 from supervisor.engine.policy import GiveUp, Restart, RestartPolicy, Settle
 from supervisor.engine.service import Service
+from supervisor.engine.settle import check_control
 from supervisor.engine.states import Hold, ServiceState, StopReason
 from supervisor.errors import Problems
 from supervisor.plan.build import make_plan
@@ -431,12 +432,13 @@ def test_status_rows_and_domain_errors(tmp_path):
     row = next(s for s in st["services"] if s["name"] == "web")
     assert row["state"] == "ready" and row["pid"] == 4000 and row["ready_after_s"] == 0.5
     assert list(row) == ["name", "state", "pid", "restarts", "uptime_s", "ready_after_s", "exit_code",
-                         "last_error", "gpu", "state_since", "ready_timeout_s", "counters"]
+                         "last_error", "gpu", "state_since", "ready_timeout_s", "counters", "waiting_on",
+                         "notify"]
     assert st["stack"]["state"] == "ready"
     with pytest.raises(UnknownService):
         w.engine._get("nope")
     with pytest.raises(Conflict, match="disabled by the plan"):
-        w.engine._check_control(w.svc("off"))
+        check_control(w.svc("off"))
 
 
 def test_reload_restarts_a_changed_running_service_and_clears_a_failed_hold(tmp_path):

@@ -51,7 +51,8 @@ _EXAMPLES = {
   qasup status                 table of the plan's services; exit 0 only when all of them are ready
   qasup status --all           also the services the plan disabled, with the reason
   qasup status sanic llm       just these two
-  qasup status --json          the daemon's status JSON (same exit codes)""",
+  qasup status --json          the daemon's status JSON (same exit codes)
+  qasup status --watch         the table, drawn again in place every second (Ctrl-C ends it: exit 130)""",
     "start": """examples:
   qasup start sanic            start one service (waits for its dependencies and readiness)
   qasup start rerank ocr""",
@@ -96,6 +97,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the daemon's status JSON instead of the table "
                    "(every service, disabled ones included)")
     p.add_argument("--all", action="store_true", help="also list the services the plan disabled (with the reason)")
+    p.add_argument("--watch", "-w", action="store_true", help="draw the table again every second until Ctrl-C")
 
     for verb, text in (("start", "start services"), ("stop", "stop services")):
         p = add(verb, text)

@@ -127,6 +127,14 @@ def _as_status(payload: Any) -> StatusPayload:
 
 
 def _cmd_status(socket_path: str, args: argparse.Namespace) -> int:
+    if getattr(args, "watch", False):
+        if args.json:
+            _err("status: --watch draws the table; it does not go with --json")
+            return Exit.CONFIG
+        from supervisor.cli.watch import watch_status
+
+        return watch_status(socket_path, _status_path(args.names), as_status=_as_status,
+                            show_disabled=bool(getattr(args, "all", False) or args.names))
     status, payload = client.request(socket_path, "GET", _status_path(args.names))
     if status != 200 or not isinstance(payload, dict):
         _err(_error_of(payload))

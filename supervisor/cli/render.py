@@ -79,9 +79,17 @@ def clean_text(text: object) -> str:
 
 
 def last_error(service: ServiceStatus) -> str:
-    """What the LAST ERROR column shows: the service's last error, else a failed service's exit code, else -."""
+    """What the LAST ERROR column shows: the service's last error and, while it starts, what it waits on; else
+    what it said by sd_notify (STATUS=); else a failed service's exit code; else -."""
+    waiting = service.get("waiting_on") if service.get("state") in (
+        ServiceState.WAITING, ServiceState.PREPARING, ServiceState.STARTING) else None
     if service.get("last_error"):
-        return clean_text(service["last_error"])
+        error = clean_text(service["last_error"])
+        return f"{error}; now {clean_text(waiting)}" if waiting else error
+    if waiting:
+        return clean_text(waiting)
+    if service.get("notify"):
+        return clean_text(service["notify"])
     if service.get("state") == ServiceState.FAILED and service.get("exit_code") is not None:
         return f"exited with code {service['exit_code']}"
     return "-"

@@ -63,10 +63,11 @@ class ReadySpec:
     mode: str = "all"
     timeout: float = 120.0
     interval: float = 1.0
+    notify: bool = False           # sd_notify: READY=1 on the service's NOTIFY_SOCKET is one more check
 
     @property
     def has_checks(self) -> bool:
-        return any(x is not None for x in (self.log, self.http, self.tcp, self.exec))
+        return self.notify or any(x is not None for x in (self.log, self.http, self.tcp, self.exec))
 
 
 @dataclass(frozen=True)
@@ -83,10 +84,11 @@ class LiveSpec:
     timeout: float = 5.0           # one round of checks
     failures: int = 3
     action: str = "restart"
+    watchdog: float | None = None  # sd_notify: WATCHDOG=1 must come at least this often (a failed round if not)
 
     @property
     def has_checks(self) -> bool:
-        return any(x is not None for x in (self.log, self.http, self.tcp, self.exec))
+        return self.watchdog is not None or any(x is not None for x in (self.log, self.http, self.tcp, self.exec))
 
 
 @dataclass(frozen=True)

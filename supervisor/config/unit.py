@@ -19,6 +19,7 @@ from supervisor.config.facts import WHEN_FACTS
 from supervisor.config.reader import MISSING, Reader, typename
 from supervisor.config.values import parse_signal
 from supervisor.errors import Problems
+from supervisor.protocol import parse_duration
 
 __all__ = ["UNIT_KEYS", "load_unit", "load_when"]
 
@@ -81,7 +82,7 @@ def load_unit(name: str, path: Path, data: dict[str, Any], probs: Problems,
     restart = _load_restart(r)
     if restart is not None:
         kw["restart"] = restart
-    kw["live"] = _load_live(r)
+    kw["live"] = _load_live(r, kw["ready"])
     sp = r.sub("stop", {"signal", "timeout", "mode"})
     if sp is not None:
         kw["stop"] = S.StopSpec(sp.converted("signal", parse_signal, S.StopSpec.signal),
@@ -135,7 +136,7 @@ def _load_prepare(r: Reader) -> S.PrepareSpec | None:
 
 def _load_ready(r: Reader) -> S.ReadySpec:
     R = S.ReadySpec
-    rd = r.sub("ready", {"log", "http", "tcp", "exec", "mode", "timeout", "interval"})
+    rd = r.sub("ready", {"log", "http", "tcp", "exec", "mode", "timeout", "interval", "notify"})
     if rd is None:
         return R()
     http = _load_http(rd)
@@ -149,15 +150,16 @@ def _load_ready(r: Reader) -> S.ReadySpec:
     spec = R(
         log=rd.regex("log"), http=http, tcp=tcp, exec=rd.str_list("exec", nonempty=True),
         mode=rd.enum("mode", S.READY_MODES, R.mode), timeout=rd.duration("timeout", R.timeout),
-        interval=rd.duration("interval", R.interval))
+        interval=rd.duration("interval", R.interval), notify=rd.boolean("notify", R.notify))
     if spec.interval <= 0:
         rd.err("interval", "must be more than 0")
     return spec
 
 
-def _load_live(r: Reader) -> S.LiveSpec | None:
+def _load_live(r: Reader, ready: S.ReadySpec) -> S.LiveSpec | None:
     L = S.LiveSpec
-    lv = r.sub("live", {"log", "http", "tcp", "exec", "mode", "interval", "timeout", "failures", "action"})
+    lv = r.sub("live", {"log", "http", "tcp", "exec", "mode", "interval", "timeout", "failures", "action",
+                        "watchdog"})
     if lv is None:
         return None
     http = _load_http(lv)
@@ -171,12 +173,15 @@ def _load_live(r: Reader) -> S.LiveSpec | None:
     spec = L(log=lv.regex("log"), http=http, tcp=tcp, exec=lv.str_list("exec", nonempty=True),
              mode=lv.enum("mode", S.READY_MODES, L.mode), interval=lv.duration("interval", L.interval),
              timeout=lv.duration("timeout", L.timeout), failures=lv.integer("failures", L.failures, minimum=1),
-             action=lv.enum("action", S.LIVE_ACTIONS, L.action))
-    for key in ("interval", "timeout"):
-        if getattr(spec, key) <= 0:
+             action=lv.enum("action", S.LIVE_ACTIONS, L.action),
+             watchdog=lv.converted("watchdog", parse_duration, None))
+    for key in ("interval", "timeout", "watchdog"):
+        if (getattr(spec, key) or 1) <= 0:
             lv.err(key, "must be more than 0")
+    if spec.watchdog is not None and not ready.notify:
+        lv.err("watchdog", "needs [ready] notify = true (WATCHDOG=1 comes on the service's NOTIFY_SOCKET)")
     if not spec.has_checks:
-        r.err("live", "has no check: give at least one of log, http, tcp, exec")
+        r.err("live", "has no check: give at least one of log, http, tcp, exec, watchdog")
         return None
     return spec
 

@@ -22,6 +22,7 @@ import anyio.abc
 
 from supervisor.config import dotenv
 from supervisor.engine import messages as m
+from supervisor.engine import progress
 from supervisor.engine import reload as reloading
 from supervisor.engine.errors import Conflict, Unavailable, UnknownService
 from supervisor.engine.events import EventLog
@@ -75,7 +76,7 @@ class Engine:
             assert reaper is not None, "the real host needs the reaper"
             ctx = HostContext(reaper=reaper, echo=echo, say=say, state_dir=self.state_dir,
                               environment=environment_with(DAEMON_VARIABLE, self.daemon_id),
-                              resolve=self._resolve_again)
+                              resolve=self._resolve_again, daemon_id=self.daemon_id)
             host = lambda svc: ProcessHost(svc, ctx)  # noqa: E731
         self._host = host
         self.services: dict[str, Service] = {}
@@ -93,6 +94,7 @@ class Engine:
         self.events = EventLog()
         self._tg: anyio.abc.TaskGroup | None = None
         self.reload_lock = anyio.Lock()
+        self.notify: Callable[[str], object] | None = None   # sd_notify to qasup's own manager (daemon.py)
 
     # ------------------------------------------------------------------ life cycle
 
@@ -118,6 +120,7 @@ class Engine:
                 for svc in self.services.values():
                     tg.start_soon(svc.run)
                 tg.start_soon(self._watch_ready)
+                tg.start_soon(progress.report, self, self.notify)
                 await self._all_finished()
                 tg.cancel_scope.cancel()
         finally:
@@ -167,6 +170,8 @@ class Engine:
         self.shutting_down = True
         self.stop_deadline = self.clock() + self.stack.stop_budget
         self.say(f"stopping: {reason}")
+        if self.notify is not None:
+            self.notify("STOPPING=1")
         self.record(None, "", f"stopping: {reason}")
         for svc in self.services.values():
             svc.post(m.Shutdown())
@@ -293,7 +298,7 @@ class Engine:
             s for s in self.services.values() if not s.removed]
         return {"stack": stack_status(state=self.stack_state(), pid=os.getpid(),
                                       uptime_s=self.clock() - self.started, name=self.stack.name),
-                "services": [s.status() for s in svcs]}
+                "services": [s.status(progress.waiting_on(self, s)) for s in svcs]}
 
     def has_service(self, name: str) -> bool:
         s = self.services.get(name)

@@ -23,6 +23,7 @@ import anyio.abc
 from supervisor.engine import messages as m
 from supervisor.engine.instance import Instance
 from supervisor.engine.lifetime import DRAIN_AFTER_EXIT, Lifetime, Run, stop_run
+from supervisor.engine.sdnotify import RunNotify
 from supervisor.errors import Problems
 from supervisor.logs.capture import make_pipe
 from supervisor.logs.echo import Echo
@@ -36,7 +37,7 @@ from supervisor.proc.run import run_to_completion
 from supervisor.proc.spawn import unit_credentials
 from supervisor.proc.stop import kill_tree
 from supervisor.readiness.live import build_checks
-from supervisor.readiness.probes import build_probes
+from supervisor.readiness.probes import build_probes, why_not_ready
 
 if TYPE_CHECKING:
     from supervisor.engine.service import Service
@@ -54,6 +55,7 @@ class HostContext:
     state_dir: Path
     environment: Callable[[ResolvedUnit], dict[str, str]]
     resolve: Callable[[Service, Problems], ResolvedUnit | None]
+    daemon_id: str = "qasup"   # names the services' NOTIFY_SOCKETs
 
 
 class ProcessHost:
@@ -109,6 +111,21 @@ class ProcessHost:
         run = self._run_of(inst)
         return None if run is None else run.main_pid()
 
+    def waiting_on(self, inst: Instance) -> str | None:
+        """Why the run is not ready yet, in its probes' own words (for progress lines and status)."""
+        run = self._run_of(inst)
+        if run is None or run.child is None:
+            return None
+        if run.main_known is not None and not run.main_known.is_set():
+            return "the daemon is not known yet" + (f" (pid_file {self.unit.spec.pid_file})"
+                                                    if self.unit.spec.pid_file else "")
+        return why_not_ready(run.probes) if run.probes else None
+
+    def notify_text(self, inst: Instance) -> str | None:
+        """What the run said by sd_notify (STATUS=, STOPPING=1, RELOADING=1), for status."""
+        run = self._run_of(inst)
+        return run.notify.text() if run is not None and run.notify is not None else None
+
     def log_line(self, text: str) -> None:
         """qasup's own words about the service go to its events (never into the service's log file)."""
         svc = self.svc
@@ -157,6 +174,8 @@ class ProcessHost:
         except Exception as e:
             failure = f"internal error: {type(e).__name__}: {e}"
         finally:
+            if run.notify is not None:
+                run.notify.close()
             self.svc.post(m.Exited(run.inst, code, failure))
 
     def _refresh_unit(self, run: Run) -> tuple[ResolvedUnit, str | None]:
@@ -258,6 +277,16 @@ class ProcessHost:
                 return self._run_exec(unit, argv, timeout)
 
             run.marker, run.probes = build_probes(unit.ready, run_exec)
+            env = self.ctx.environment(unit)
+            if unit.ready.notify:   # sd_notify: the run's own NOTIFY_SOCKET
+                try:
+                    run.notify = RunNotify.open(self.ctx.daemon_id, self.name, self.ctx.say)
+                except OSError as e:
+                    raise SpawnError(f"cannot make its NOTIFY_SOCKET: {e.strerror or e}") from None
+                run.notify.attach(run.probes)
+                env["NOTIFY_SOCKET"] = run.notify.sock.variable
+                if unit.live is not None and unit.live.watchdog:   # how often it is to send WATCHDOG=1
+                    env["WATCHDOG_USEC"] = str(int(unit.live.watchdog * 1e6))
             if unit.live is not None:   # [live]: its checks and loop exist only for units that have one
                 run.live_log, run.live_checks = build_checks(unit.live, run_exec)
             # taken before the spawn: the child cannot be older than this, so ready_after_s never comes out
@@ -267,7 +296,7 @@ class ProcessHost:
             # make Popen fork the daemon instead of vfork (~15 ms per spawn); in a worker thread, so that
             # the loop goes on while the child gets to exec (see Reaper.spawn_async)
             run.child = await self.ctx.reaper.spawn_async(
-                unit.argv, cwd=unit.cwd, env=self.ctx.environment(unit), stdout=write_fd, stderr=write_fd,
+                unit.argv, cwd=unit.cwd, env=env, stdout=write_fd, stderr=write_fd,
                 tag=self.name, credentials=unit_credentials(unit))
         except BaseException as e:
             os.close(read_fd)

@@ -26,6 +26,7 @@ import anyio
 
 from supervisor.engine import messages as m
 from supervisor.engine.instance import Instance
+from supervisor.engine.sdnotify import RunNotify
 from supervisor.engine.states import ServiceState
 from supervisor.logs.capture import capture
 from supervisor.proc.pidfile import MainProcess, find_main
@@ -55,6 +56,7 @@ class Run:
     probes: list[Probe] = field(default_factory=list)
     live_log: LiveLog | None = None
     live_checks: list[Check] = field(default_factory=list)
+    notify: RunNotify | None = None      # [ready] notify: the run's NOTIFY_SOCKET and what came on it
     read_fd: int = -1
     stopping: bool = False               # a terminate owns the tree (a stop, or the stop of leftovers)
     stopped: anyio.Event = field(default_factory=anyio.Event)   # set when that terminate has returned
@@ -108,6 +110,8 @@ class Lifetime:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._capture)
             tg.start_soon(self._readiness)
+            if run.notify is not None:
+                tg.start_soon(run.notify.serve, run.child, run.main_pid)
             code, failure = await self._main_exit(run.child)
             await self._leftovers(run.child, drain=failure is None)
             if failure is None and code == 0 and not self.forking and self.left_behind:
@@ -136,7 +140,9 @@ class Lifetime:
         unit = self.unit
         pid_file = unit.cwd / unit.spec.pid_file if unit.spec.pid_file else None
         deadline = (run.inst.spawned_at or time.monotonic()) + unit.ready.timeout
-        found = await find_main(child, pid_file, deadline, give_up=lambda: run.stopping)
+        notified = run.notify
+        found = await find_main(child, pid_file, deadline, give_up=lambda: run.stopping,
+                                announced=lambda: notified.main_pid if notified is not None else None)
         if isinstance(found, str):
             if run.stopping:
                 return None, None
@@ -191,19 +197,46 @@ class Lifetime:
                 post(m.ReadyTimeout(run.inst, why_not_ready(run.probes)))
             # else the search for the daemon says why it was not found, at the same deadline
             return
-        if unit.live is not None and run.live_checks:
-            await self._live(unit)
+        live = unit.live
+        if live is None:
+            return
+        async with anyio.create_task_group() as tg:
+            if run.live_checks:
+                tg.start_soon(self._live, unit)
+            if live.watchdog and run.notify is not None:
+                tg.start_soon(self._watchdog, run.notify, live.watchdog)
+
+    def _active(self) -> bool:
+        svc, inst = self.svc, self.run.inst
+        return svc.inst is inst and svc.state == ServiceState.READY and not inst.terminating
+
+    async def _watchdog(self, notify: RunNotify, every: float) -> None:
+        """``[live] watchdog``: a liveness failure when no ``WATCHDOG=1`` came for ``every`` seconds (counted
+        from the last one, or from ready); ``LiveRecovered`` when one comes after that (action warn)."""
+        svc, inst = self.svc, self.run.inst
+        since = time.monotonic()
+        failed = False
+        while True:
+            last = max(notify.watchdog_at or 0.0, since)
+            if failed and last > since:
+                failed = False
+                svc.post(m.LiveRecovered(inst))
+            left = last + every - time.monotonic()
+            if left > 0:
+                await anyio.sleep(min(left, every))
+                continue
+            if self._active() and not failed:
+                failed = True
+                svc.post(m.LiveFailed(inst, 1, f"no WATCHDOG=1 for {every:g}s (sd_notify)"))
+            since = time.monotonic()
+            await anyio.sleep(min(every, 1.0))
 
     async def _live(self, unit: ResolvedUnit) -> None:
         """``[live]``: rounds while the instance is ready (the loop is cancelled with the run)."""
         live = unit.live
         assert live is not None
         svc, inst = self.svc, self.run.inst
-
-        def active() -> bool:
-            return svc.inst is inst and svc.state == ServiceState.READY and not inst.terminating
-
-        loop = LiveLoop(live, self.run.live_checks, active=active,
+        loop = LiveLoop(live, self.run.live_checks, active=self._active,
                         on_failed=lambda n, why: svc.post(m.LiveFailed(inst, n, why)),
                         on_recovered=lambda: svc.post(m.LiveRecovered(inst)))
         await loop.run()

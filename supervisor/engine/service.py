@@ -315,7 +315,12 @@ class Service:
 
     # ------------------------------------------------------------------ status
 
-    def status(self) -> ServiceStatus:
+    def _notify_text(self, inst: Instance | None) -> str | None:
+        said = getattr(self.host, "notify_text", None)   # the real host's sd_notify; a fake one has none
+        return said(inst) if inst is not None and callable(said) else None
+
+    def status(self, waiting_on: str | None = None) -> ServiceStatus:
+        """The service's row of the status JSON (``waiting_on``: what it waits on while it starts)."""
         now = self.stack.clock()
         inst = self.inst
         pid = self.host.live_pid(inst) if inst is not None else None
@@ -326,4 +331,5 @@ class Service:
                               else f"disabled by the plan: {self.splan.reason}",
                               gpu=self.splan.env.get("CUDA_VISIBLE_DEVICES"),
                               state_since=wall_time(self.state_since, now), ready_timeout_s=self.unit.ready.timeout,
-                              counters=self.counters.to_json())
+                              counters=self.counters.to_json(), waiting_on=waiting_on,
+                              notify=self._notify_text(inst))

@@ -58,6 +58,7 @@ class ReadyChecks:
     mode: str
     timeout: float
     interval: float
+    notify: bool = False            # [ready] notify: READY=1 on the service's NOTIFY_SOCKET
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class LiveChecks(ReadyChecks):
 
     failures: int = 3
     action: str = "restart"
+    watchdog: float | None = None   # [live] watchdog: WATCHDOG=1 at least this often
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,7 @@ def resolve_unit_anyway(stack: StackSpec, unit: UnitSpec, plan_env: Mapping[str,
         lc = _checks(unit, "live", unit.live, lookup, x, probs)
         lv = unit.live
         live = LiveChecks(log=lc.log, http=lc.http, tcp=lc.tcp, exec=lc.exec, mode=lc.mode, timeout=lv.timeout,
-                          interval=lv.interval, failures=lv.failures, action=lv.action)
+                          interval=lv.interval, failures=lv.failures, action=lv.action, watchdog=lv.watchdog)
     rules = []
     for i, rule in enumerate(unit.on_log, 1):
         msg = rule.message
@@ -214,7 +216,7 @@ def _checks(unit: UnitSpec, table: str, r: ReadySpec | LiveSpec, lookup: Mapping
     return ReadyChecks(
         log=r.log, http=http, tcp=tcp,
         exec=tuple(x(a, f"{table}.exec", lookup) for a in r.exec) if r.exec else None,
-        mode=r.mode, timeout=r.timeout, interval=r.interval)
+        mode=r.mode, timeout=r.timeout, interval=r.interval, notify=isinstance(r, ReadySpec) and r.notify)
 
 
 def expand_banner(stack: StackSpec, plan_env: Mapping[str, str], probs: Problems,

@@ -123,17 +123,23 @@ def _single_root(child: Child) -> tuple[int, int] | str:
 
 
 async def find_main(child: Child, pid_file: Path | None, deadline: float,
-                    give_up: Callable[[], bool] = lambda: False) -> MainProcess | str:
+                    give_up: Callable[[], bool] = lambda: False,
+                    announced: Callable[[], int | None] = lambda: None) -> MainProcess | str:
     """The main process of a forking service whose launcher ``child`` exited 0, or why there is none.
 
     Tries again (the pid file may come late, a double fork may not have settled) until ``deadline``
-    (monotonic) or until ``give_up()`` says so (a stop came); then the last reason."""
+    (monotonic) or until ``give_up()`` says so (a stop came); then the last reason. ``announced()``: a pid the
+    service named itself (sd_notify ``MAINPID=``), taken first when it is a running process of the service."""
     pause = _PAUSE_FIRST
     guess: tuple[int, int] | None = None
     guess_since = 0.0
     none_since: float | None = None
     while True:
         now = time.monotonic()
+        said = announced()
+        st = read_stat(said) if said is not None else None
+        if said is not None and st is not None and st.alive and said in member_stats(child):
+            return await _adopt(child, (said, st.start), deadline)
         got = _from_pid_file(child, pid_file) if pid_file is not None else _single_root(child)
         if isinstance(got, tuple):
             none_since = None

@@ -13,7 +13,7 @@ import anyio
 from supervisor.plan.resolve import ReadyChecks
 from supervisor.readiness.base import FIRST_PAUSE, GROWTH, Polled, Probe
 
-__all__ = ["FIRST_PAUSE", "GROWTH", "ExecProbe", "LogMarker", "Polled", "Probe", "TcpProbe",
+__all__ = ["FIRST_PAUSE", "GROWTH", "ExecProbe", "LogMarker", "NotifyReady", "Polled", "Probe", "TcpProbe",
            "build_probes", "wait_ready", "why_not_ready"]
 
 ExecRunner = Callable[[Sequence[str], float], Awaitable[int]]
@@ -28,6 +28,22 @@ class LogMarker(Probe):
         self.pattern = pattern
         self.event = anyio.Event()
         self.last_error = f"no line matching {pattern!r} yet"
+
+    def hit(self) -> None:
+        self.event.set()
+
+    async def wait(self) -> None:
+        await self.event.wait()
+
+
+class NotifyReady(Probe):
+    """``[ready] notify``: passes when the service sent ``READY=1`` on its ``NOTIFY_SOCKET`` (sd_notify)."""
+
+    name = "notify"
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.last_error = "no READY=1 on NOTIFY_SOCKET yet"
 
     def hit(self) -> None:
         self.event.set()
@@ -83,6 +99,8 @@ def build_probes(checks: ReadyChecks, run_exec: ExecRunner) -> tuple[LogMarker |
         probes.append(TcpProbe(checks.tcp[0], checks.tcp[1], checks.interval))
     if checks.exec:
         probes.append(ExecProbe(checks.exec, run_exec, checks.interval))
+    if checks.notify:
+        probes.append(NotifyReady())
     return marker, probes
 
 
