@@ -74,6 +74,7 @@ class CgroupTree:
         self._thread_leaves = True           # False where threads cannot be placed apart: spawns serialize
         self._leaves = 0
         self._free: list[str] = []           # thread leaves not in use
+        self._kept: dict[int, str] = {}      # spawn thread -> the leaf it stays in between spawns
 
     @property
     def kind(self) -> str:
@@ -160,8 +161,22 @@ class CgroupTree:
         the child forks before it is placed is told apart from every other spawn's; where threads cannot be
         placed apart, qasup's leaf with :attr:`lock` held (spawns serialize)."""
         tid = threading.get_native_id()
+        # A worker thread keeps its leaf between spawns: every move of a task between cgroups waits for an RCU
+        # grace period in the kernel (milliseconds), so one move per spawn (the child's), not three. The event-loop
+        # thread goes back to qasup's leaf after each spawn (qasup's own work must not be born in a spawn leaf).
+        keep = threading.current_thread() is not threading.main_thread()
+        with self._count_lock:
+            kept = self._kept.get(tid) if keep else None
+        if kept is not None:
+            yield Slot(self, kept, tid)
+            return
         leaf = self._take_leaf()
         if leaf is not None and _write(os.path.join(leaf, self._threads), str(tid)):
+            if keep:
+                with self._count_lock:
+                    self._kept[tid] = leaf
+                yield Slot(self, leaf, tid)
+                return
             try:
                 yield Slot(self, leaf, tid)
             finally:
@@ -178,6 +193,8 @@ class CgroupTree:
         if not self._thread_leaves:
             return None
         with self._count_lock:
+            for t in [t for t in self._kept if not os.path.exists(f"/proc/self/task/{t}")]:
+                self._free.append(self._kept.pop(t))   # its thread has ended: the leaf is empty again
             if self._free:
                 return self._free.pop()
             self._leaves += 1

@@ -250,3 +250,18 @@ def test_daemonizing_nginx_under_the_default_type_is_a_failed_start(stack, work,
 def teardown_module() -> None:
     for root in _pg_template:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_postgres_says_ready_through_sd_notify(stack, work):
+    """Debian's PostgreSQL speaks sd_notify: with ``[ready] notify = true`` and no other check, the service is ready
+    when the postmaster sends READY=1 (it does so once it accepts connections), so a query works at once."""
+    server = Server("postgres-notify", f"{PG_BIN}/postgres", "postgresql-15", "postgres", psql_probe, pg_data,
+                    user="postgres")
+    daemon, port = stack(server, False)
+    daemon.start()
+    daemon.wait_ready("postgres-notify")
+    psql_probe(port)   # ready came from READY=1 alone: the server answers at that moment
+    assert any(e.get("service") == "postgres-notify" and e.get("state") == "ready" for e in daemon.events())
+    daemon.ok("shutdown", "--wait")
+    assert daemon.wait() == 0, daemon.out
+    work.nothing_left(ports=[port], what="after the shutdown")
