@@ -139,14 +139,7 @@ def _load_ready(r: Reader) -> S.ReadySpec:
     rd = r.sub("ready", {"log", "http", "tcp", "exec", "mode", "timeout", "interval", "notify"})
     if rd is None:
         return R()
-    http = _load_http(rd)
-    if http is not None and not http.url.startswith(("http://", "https://", "${")):
-        rd.err("http", f"{http.url!r} is not an http:// or https:// URL")
-        http = None
-    tcp = rd.string("tcp", R.tcp)
-    if tcp is not None and "${" not in tcp and not _TCP_ADDRESS.match(tcp):
-        rd.err("tcp", f"{tcp!r} is not HOST:PORT")
-        tcp = None
+    http, tcp = _load_probes(rd)
     spec = R(
         log=rd.regex("log"), http=http, tcp=tcp, exec=rd.str_list("exec", nonempty=True),
         mode=rd.enum("mode", S.READY_MODES, R.mode), timeout=rd.duration("timeout", R.timeout),
@@ -156,20 +149,27 @@ def _load_ready(r: Reader) -> S.ReadySpec:
     return spec
 
 
+def _load_probes(t: Reader) -> tuple[S.HttpCheck | None, str | None]:
+    """The ``http`` and ``tcp`` checks of ``[ready]`` or ``[live]``, their shapes checked (``${NAME}`` left to
+    the plan)."""
+    http = _load_http(t)
+    if http is not None and not http.url.startswith(("http://", "https://", "${")):
+        t.err("http", f"{http.url!r} is not an http:// or https:// URL")
+        http = None
+    tcp = t.string("tcp", None)
+    if tcp is not None and "${" not in tcp and not _TCP_ADDRESS.match(tcp):
+        t.err("tcp", f"{tcp!r} is not HOST:PORT")
+        tcp = None
+    return http, tcp
+
+
 def _load_live(r: Reader, ready: S.ReadySpec) -> S.LiveSpec | None:
     L = S.LiveSpec
     lv = r.sub("live", {"log", "http", "tcp", "exec", "mode", "interval", "timeout", "failures", "action",
                         "watchdog"})
     if lv is None:
         return None
-    http = _load_http(lv)
-    if http is not None and not http.url.startswith(("http://", "https://", "${")):
-        lv.err("http", f"{http.url!r} is not an http:// or https:// URL")
-        http = None
-    tcp = lv.string("tcp", L.tcp)
-    if tcp is not None and "${" not in tcp and not _TCP_ADDRESS.match(tcp):
-        lv.err("tcp", f"{tcp!r} is not HOST:PORT")
-        tcp = None
+    http, tcp = _load_probes(lv)
     spec = L(log=lv.regex("log"), http=http, tcp=tcp, exec=lv.str_list("exec", nonempty=True),
              mode=lv.enum("mode", S.READY_MODES, L.mode), interval=lv.duration("interval", L.interval),
              timeout=lv.duration("timeout", L.timeout), failures=lv.integer("failures", L.failures, minimum=1),
