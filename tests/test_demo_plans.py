@@ -1,7 +1,12 @@
 """The demo stack under `qasup up`, once per plan of QAnything's script: which services ran, their
 CUDA_VISIBLE_DEVICES (read from the live processes), their start order, the .env the plan wrote, and that every
 plan names its services as QAnything's design card does (one unit per service; what changes with the plan is in
-conditional drop-ins), so that `qasup restart sanic` works in every plan."""
+conditional drop-ins), so that `qasup restart sanic` works in every plan.
+
+Speed: every check here is a few CLI runs or a whole stack, mostly waiting. The module's first test starts all the
+selected checks at once (:func:`runs`) and each test then takes its own result (a failed assertion is raised in
+the test it belongs to). The stacks use the demo's fixed ports (8777, 10000, ...): each runs in a network
+namespace of its own (:data:`NETNS_BOOT`) where this machine allows one, else they run one after the other."""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -58,8 +65,7 @@ APPLIED = {
 }
 
 
-@pytest.fixture
-def demo(tmp_path):
+def make_demo(tmp_path: Path) -> Path:
     """A copy of the repository's services.d and examples/ (the demo writes .env and logs beside itself)."""
     shutil.copytree(REPO / "services.d", tmp_path / "services.d")
     shutil.copytree(REPO / "examples", tmp_path / "examples",
@@ -67,6 +73,34 @@ def demo(tmp_path):
     demo = tmp_path / "examples" / "demo"
     (demo / ".env").write_text("# QAnything settings\nUSER_IP=127.0.0.1\nCUSTOM_KEY_KEPT=yes\n")
     return demo
+
+
+# Runs ARGV in a new network namespace whose loopback is up (so that several demo stacks can each listen on the
+# demo's fixed ports at once). The CLI reaches the daemon through its socket file, which any namespace can open.
+NETNS_BOOT = r'''
+import ctypes, fcntl, os, socket, struct, sys
+if ctypes.CDLL(None, use_errno=True).unshare(0x40000000) != 0:   # CLONE_NEWNET
+    sys.exit(f"unshare(CLONE_NEWNET): {os.strerror(ctypes.get_errno())}")
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    flags = struct.unpack("16sh", fcntl.ioctl(s, 0x8913, struct.pack("16sh", b"lo", 0)))[1]   # SIOCGIFFLAGS
+    fcntl.ioctl(s, 0x8914, struct.pack("16sh", b"lo", flags | 1))                             # SIOCSIFFLAGS, IFF_UP
+os.execv(sys.argv[1], sys.argv[1:])
+'''
+
+
+def _netns_problem() -> str | None:
+    try:
+        r = subprocess.run([sys.executable, "-c", NETNS_BOOT, sys.executable, "-c",
+                            "import socket; socket.create_server(('127.0.0.1', 8777)).close()"],
+                           capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return str(e)
+    return None if r.returncode == 0 else r.stderr.strip() or f"exit {r.returncode}"
+
+
+def up_argv(demo: Path, *args: str, netns: bool) -> list[str]:
+    argv = [sys.executable, "-m", "supervisor", "--config", str(demo / "qasup.toml"), "up", *args]
+    return [sys.executable, "-c", NETNS_BOOT, *argv] if netns else argv
 
 
 def qasup(demo: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -79,8 +113,7 @@ def environ_of(pid: int) -> dict[str, str]:
     return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
 
 
-@pytest.mark.parametrize("plan", list(PLANS))
-def test_demo_plan(demo, plan):
+def run_demo_plan(demo: Path, plan: str, netns: bool) -> None:
     flags, expected, gpus, env_expected = PLANS[plan]
     planned = json.loads(qasup(demo, "plan", "--json", *flags).stdout)
     assert planned["feasible"], planned["error"]
@@ -90,8 +123,8 @@ def test_demo_plan(demo, plan):
 
     env = {**os.environ, "STANDIN_LOAD_SECONDS": "0.2", "NO_COLOR": "1"}
     out = open(demo / "up.out", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "supervisor", "--config", str(demo / "qasup.toml"), "up",
-                             *flags], stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = subprocess.Popen(up_argv(demo, *flags, netns=netns), stdout=out, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
     try:
         r = qasup(demo, "wait-ready", "--timeout", "60s", timeout=90)
         assert r.returncode == 0, (demo / "up.out").read_text()[-3000:]
@@ -150,11 +183,11 @@ def test_demo_plan(demo, plan):
     assert code == 0
 
 
-def test_demo_oom_rule_aborts_the_stack(demo):
+def run_demo_oom(demo: Path, netns: bool) -> None:
     env = {**os.environ, "STANDIN_LOAD_SECONDS": "0.2", "STANDIN_FAIL": "vllm-worker=oom"}
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "supervisor", "--config", str(demo / "qasup.toml"), "up", "-b", "vllm",
-                        *MODEL], capture_output=True, text=True, env=env, timeout=60)
+    r = subprocess.run(up_argv(demo, "-b", "vllm", *MODEL, netns=netns), capture_output=True, text=True, env=env,
+                       timeout=60)
     assert r.returncode == 1
     assert "vllm-worker: error rule" in r.stdout and "ran out of memory" in r.stdout
     assert "aborting the stack" in r.stdout
@@ -164,8 +197,7 @@ def test_demo_oom_rule_aborts_the_stack(demo):
 ALL_PLANS = {name: (v[0], v[1]) for name, v in {**PLANS, **MORE_PLANS}.items()}
 
 
-@pytest.mark.parametrize("plan", list(ALL_PLANS))
-def test_every_plan_shows_the_card_names_and_which_drop_ins_applied(plan):
+def run_plan_json(plan: str) -> None:
     """`qasup plan --json` of the demo: every service by the card's names, the plan's own enabled; the conditional
     drop-ins of the enabled services that applied (and only those), with the facts that matched."""
     flags, expected = ALL_PLANS[plan]
@@ -186,8 +218,7 @@ def test_every_plan_shows_the_card_names_and_which_drop_ins_applied(plan):
         assert next(s for s in planned["services"] if s["name"] == "triton-llm")["vram_mib"] == 13000
 
 
-@pytest.mark.parametrize("plan", list(ALL_PLANS))
-def test_real_units_check_for_every_plan(plan):
+def run_real_check(plan: str) -> None:
     """`qasup check` passes on the repository's own services.d (the real commands) for every plan."""
     flags = ALL_PLANS[plan][0]
     gpus = json.dumps([{"index": i, "name": "NVIDIA GeForce RTX 4090", "memory_total_mib": 24564,
@@ -196,3 +227,55 @@ def test_real_units_check_for_every_plan(plan):
                         "--gpus", gpus, *flags], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "valid" in r.stdout and "infeasible" not in r.stderr
+
+
+# ------------------------------------------------------------------------------------------ the tests
+
+STACK_WORKERS = 4   # stacks at once, each in its own network namespace (2 cores: most of a stack's time is waiting)
+
+
+@pytest.fixture(scope="module")
+def runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """Every selected check of this module, started at once: ``(test name, plan) -> Future`` (None when it passed)."""
+    selected = [(item.originalname, item.callspec.params.get("plan") if hasattr(item, "callspec") else None)
+                for item in request.session.items if item.module is request.module]
+    netns = _netns_problem() is None
+    stacks = ThreadPoolExecutor(max_workers=STACK_WORKERS if netns else 1)   # the same ports without namespaces
+    clis = ThreadPoolExecutor(max_workers=4)
+    futures: dict[tuple[str, str | None], Future[None]] = {}
+    for name, plan in selected:
+        if name == "test_demo_plan":
+            folder = tmp_path_factory.mktemp(f"demo-{plan}")
+            futures[name, plan] = stacks.submit(lambda f=folder, p=plan: run_demo_plan(make_demo(f), str(p), netns))
+        elif name == "test_demo_oom_rule_aborts_the_stack":
+            folder = tmp_path_factory.mktemp("demo-oom")
+            futures[name, plan] = stacks.submit(lambda f=folder: run_demo_oom(make_demo(f), netns))
+        else:
+            run: Callable[[str], None] = {
+                "test_every_plan_shows_the_card_names_and_which_drop_ins_applied": run_plan_json,
+                "test_real_units_check_for_every_plan": run_real_check}[name]
+            futures[name, plan] = clis.submit(run, str(plan))
+    try:
+        yield futures
+    finally:
+        stacks.shutdown(wait=True)
+        clis.shutdown(wait=True)
+
+
+@pytest.mark.parametrize("plan", list(PLANS))
+def test_demo_plan(runs, plan):
+    runs["test_demo_plan", plan].result()
+
+
+def test_demo_oom_rule_aborts_the_stack(runs):
+    runs["test_demo_oom_rule_aborts_the_stack", None].result()
+
+
+@pytest.mark.parametrize("plan", list(ALL_PLANS))
+def test_every_plan_shows_the_card_names_and_which_drop_ins_applied(runs, plan):
+    runs["test_every_plan_shows_the_card_names_and_which_drop_ins_applied", plan].result()
+
+
+@pytest.mark.parametrize("plan", list(ALL_PLANS))
+def test_real_units_check_for_every_plan(runs, plan):
+    runs["test_real_units_check_for_every_plan", plan].result()

@@ -38,8 +38,12 @@ def cpu_ticks(pid: int) -> int:
 
 
 def restarts_of(u, name: str) -> int:
-    code, doc = u.status(name)
-    return doc["services"][0]["restarts"] if doc else -1
+    """The service's restart count, from the control API (a poll loop of CLI runs would compete for the CPU)."""
+    try:
+        doc = _status_doc(u.root / ".qasup" / "qasup.sock")
+    except (OSError, ValueError):
+        return -1
+    return next((s["restarts"] for s in doc["services"] if s["name"] == name), -1)
 
 
 def _quiet_fds(u, pid: int) -> tuple[int, int]:
@@ -61,7 +65,8 @@ def soak(stack, up, restarts: int) -> None:
     u = up().start("--no-echo")
     pid = u.proc.pid
     u.wait_state("steady", "ready")          # what the end asserts still holds
-    poll(lambda: restarts_of(u, "flappy") >= 100, 60, "100 restarts")
+    warm = min(100, restarts // 4)
+    poll(lambda: restarts_of(u, "flappy") >= warm, 60, f"{warm} restarts")
     fd0, rss0 = _quiet_fds(u, pid)
     poll(lambda: restarts_of(u, "flappy") >= restarts, 600, f"{restarts} restarts")
     fd1, rss1 = _quiet_fds(u, pid)
@@ -72,7 +77,7 @@ def soak(stack, up, restarts: int) -> None:
 
 
 def test_restart_soak_fast(stack, up):
-    soak(stack, up, 400)
+    soak(stack, up, 200)   # 150 restarts after the first 50: an fd per restart shows at once, memory in the long one
 
 
 @pytest.mark.long
@@ -87,7 +92,7 @@ def test_crash_loop_costs_little_cpu(stack, up):
     u.wait_state("crashy", "backoff", nth=3)
     pid = u.proc.pid
     t0, c0 = time.monotonic(), cpu_ticks(pid)
-    time.sleep(2.0)   # measuring a rate over a fixed interval (not synchronisation)
+    time.sleep(1.0)   # measuring a rate over a fixed interval (not synchronisation): 2 to 3 restarts at 400 ms
     ticks = cpu_ticks(pid) - c0
     elapsed = time.monotonic() - t0
     hz = os.sysconf("SC_CLK_TCK")
@@ -120,6 +125,21 @@ def _answering(path: Path) -> bool:
         return path.exists() and _status_ok(path)
     except OSError:
         return False
+
+
+def _status_doc(path: Path) -> dict:
+    """GET /v1/status on the control socket: the status document (raises OSError, ValueError)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(str(path))
+        s.sendall(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise ValueError(head[:80])
+    return json.loads(body)
 
 
 def _status_ok(path: Path) -> bool:

@@ -4,15 +4,25 @@ once it has exited, SIGKILL for all at ``[stop] timeout``) and the full ``[stop]
 Real prefork servers, real signals, real sockets: a request in flight must survive ``qasup stop`` with
 ``mode = "main"`` and is lost with ``group``; leftovers that need 3 s within a 4 s timeout are not killed;
 with a 1 s timeout they are, at about 1 s.
+
+Speed: the four cases are independent services of ONE stack (:func:`stopped`): one ``qasup up``, the three stops
+at once and the natural exit meanwhile, so the module takes about as long as its longest case (the 5.3 s
+leftover), not the sum. Each test asserts its own case on what was recorded.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import threading
 import time
+from pathlib import Path
+from typing import Any
 
-from enginehelp import PY, alive, poll, stack, up  # noqa: F401  (fixtures)
+import pytest
+
+from enginehelp import PY, Stack, Up, alive, poll
 
 # A prefork server (Sanic/gunicorn style): the master listens, two forked workers accept. A worker's request
 # is in flight until the master starts draining (it tells the workers through a pipe), then takes 0.2 s more.
@@ -98,44 +108,6 @@ def qasup_stop(root, *names: str) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)
 
 
-def test_request_in_flight_survives_stop_in_main_mode_only(stack, up, tmp_path):
-    prog = tmp_path / "prefork.py"
-    prog.write_text(PREFORK)
-    for mode in ("main", "group"):
-        stack.unit(mode, command=[PY, str(prog), str(tmp_path / f"{mode}.port")],
-                   ready={"log": "^serving$", "timeout": "20s"}, stop={"mode": mode, "timeout": "10s"})
-    u = up().start()
-    conns = {}
-    for mode in ("main", "group"):
-        u.wait_state(mode, "ready", 20)
-        conns[mode] = socket.create_connection(("127.0.0.1", int((tmp_path / f"{mode}.port").read_text())),
-                                               timeout=15)
-        conns[mode].sendall(b"GET /\n")
-        poll(lambda mode=mode: b"working" in u.log(mode), 10, "a worker at work on the request")
-    t0 = time.monotonic()
-    stopper = qasup_stop(tmp_path, "main", "group")
-    answers = {}
-    for mode, conn in conns.items():
-        with conn:
-            try:
-                answers[mode] = conn.makefile("rb").readline()
-            except ConnectionResetError:
-                answers[mode] = b""
-    out, _ = stopper.communicate(timeout=30)
-    took = time.monotonic() - t0
-    assert stopper.returncode == 0, out
-    main, group = u.log("main"), u.log("group")
-    assert answers["main"] == b"done\n", "the worker finished the request in flight while the master drained"
-    assert b"drained: 2 workers alive" in main, "the workers got no signal while the master drained"
-    assert main.index(b"master draining") < main.index(b"answered")
-    assert answers["group"] == b"", "SIGTERM reached the worker at once: the request was lost"
-    assert b"master draining" in group and b"drained: 0 workers alive" in group and b"answered" not in group
-    assert took >= 1.0, "the master drained for its second in both modes"
-    assert {s: u.service_status(s)["state"] for s in ("main", "group")} == {"main": "stopped", "group": "stopped"}
-    assert u.stop() == 0
-    assert u.leftovers() == []
-
-
 def _linger(stack, tmp_path, mode: str, linger: float, timeout: str, exit_after: float = -1.0,
             name: str = "svc"):
     prog = tmp_path / "linger.py"
@@ -156,55 +128,134 @@ def child_pid(report) -> int:
     return int(line.split()[1])
 
 
-def test_leftovers_get_the_full_stop_timeout(stack, up, tmp_path):
+class Stopper(threading.Thread):
+    """``qasup stop NAMES`` from now: its output, exit code and how long it took (``run`` in a thread)."""
+
+    def __init__(self, root: Path, *names: str) -> None:
+        super().__init__(daemon=True)
+        self.t0 = time.monotonic()
+        self.proc = qasup_stop(root, *names)
+        self.out = ""
+        self.took = -1.0
+
+    def run(self) -> None:
+        try:
+            self.out, _ = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.out = (self.proc.communicate()[0] or "") + "\n(qasup stop still running after 30 s: killed)"
+        self.took = time.monotonic() - self.t0
+
+    def result(self) -> tuple[int | None, str, float]:
+        self.join(35)
+        return self.proc.returncode, self.out, self.took
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One stack with every case's services, started once; the stops run at once. What each test asserts on.
+
+    * ``main``, ``group``: the prefork server with a request in flight, stopped together (``prefork`` stopper);
+    * ``full``: main mode, a leftover that needs 3 s of its 4 s ``[stop] timeout`` (``full`` stopper);
+    * ``kill-main``, ``kill-group``: a leftover that needs 30 s, a 1 s timeout (``kill`` stopper);
+    * ``natural``: group mode, the main process exits 1 by itself, its leftover needs 5.3 s of its 6 s.
+    """
+    tmp_path = tmp_path_factory.mktemp("stop-modes")
+    stack = Stack(tmp_path)
+    prog = tmp_path / "prefork.py"
+    prog.write_text(PREFORK)
+    for mode in ("main", "group"):
+        stack.unit(mode, command=[PY, str(prog), str(tmp_path / f"{mode}.port")],
+                   ready={"log": "^serving$", "timeout": "20s"}, stop={"mode": mode, "timeout": "10s"})
+    reports = {"full": _linger(stack, tmp_path, "main", 3.0, "4s", name="full"),
+               "natural": _linger(stack, tmp_path, "group", 5.3, "6s", exit_after=0.0, name="natural")}
+    for mode in ("main", "group"):
+        reports[f"kill-{mode}"] = _linger(stack, tmp_path, mode, 30.0, "1s", name=f"kill-{mode}")
+    u = Up(tmp_path, "stop-modes-" + os.urandom(6).hex()).start()
+    facts: dict[str, Any] = {"u": u, "reports": reports}
+    try:
+        kids = {name: child_pid(report) for name, report in reports.items()}
+        facts["kids"] = kids
+        conns = {}
+        for mode in ("main", "group"):
+            u.wait_state(mode, "ready", 20)
+            conns[mode] = socket.create_connection(("127.0.0.1", int((tmp_path / f"{mode}.port").read_text())),
+                                                   timeout=15)
+            conns[mode].sendall(b"GET /\n")
+            poll(lambda mode=mode: b"working" in u.log(mode), 10, "a worker at work on the request")
+        for name in ("full", "kill-main", "kill-group"):
+            u.wait_state(name, "ready", 20)
+        stoppers = {"prefork": Stopper(tmp_path, "main", "group"), "full": Stopper(tmp_path, "full"),
+                    "kill": Stopper(tmp_path, "kill-main", "kill-group")}
+        for stopper in stoppers.values():
+            stopper.start()
+        answers = {}
+        for mode, conn in conns.items():
+            with conn:
+                try:
+                    answers[mode] = conn.makefile("rb").readline()
+                except ConnectionResetError:
+                    answers[mode] = b""
+        facts["answers"] = answers
+        facts["stops"] = {name: stopper.result() for name, stopper in stoppers.items()}
+        facts["states"] = {s: u.service_status(s)["state"] for s in ("main", "group")}
+        facts["kids_alive"] = {name: alive(pid) for name, pid in kids.items() if name != "natural"}
+        u.wait_state("natural", "failed", 30)
+        facts["natural_report"] = reports["natural"].read_text()
+        facts["natural_alive"] = alive(kids["natural"])
+        facts["natural_error"] = u.service_status("natural")["last_error"] or ""
+        facts["stop_code"] = u.stop()
+        facts["leftovers"] = u.leftovers()
+        yield facts
+    finally:
+        left = u.cleanup()
+    assert not left, "processes left behind:\n" + "\n".join(left)
+
+
+def test_request_in_flight_survives_stop_in_main_mode_only(stopped):
+    code, out, took = stopped["stops"]["prefork"]
+    answers, u = stopped["answers"], stopped["u"]
+    assert code == 0, out
+    main, group = u.log("main"), u.log("group")
+    assert answers["main"] == b"done\n", "the worker finished the request in flight while the master drained"
+    assert b"drained: 2 workers alive" in main, "the workers got no signal while the master drained"
+    assert main.index(b"master draining") < main.index(b"answered")
+    assert answers["group"] == b"", "SIGTERM reached the worker at once: the request was lost"
+    assert b"master draining" in group and b"drained: 0 workers alive" in group and b"answered" not in group
+    assert took >= 1.0, "the master drained for its second in both modes"
+    assert stopped["states"] == {"main": "stopped", "group": "stopped"}
+    assert stopped["stop_code"] == 0
+    assert stopped["leftovers"] == []
+
+
+def test_leftovers_get_the_full_stop_timeout(stopped):
     # main mode: the main process gets SIGTERM and dies; then the child gets it and needs 3 s of its 4
-    report = _linger(stack, tmp_path, "main", 3.0, "4s")
-    u = up().start()
-    u.wait_state("svc", "ready", 20)
-    kid = child_pid(report)
-    t0 = time.monotonic()
-    stopper = qasup_stop(tmp_path, "svc")
-    out, _ = stopper.communicate(timeout=30)
-    took = time.monotonic() - t0
-    assert stopper.returncode == 0, out
-    assert "clean exit" in report.read_text(), "not SIGKILLed before its [stop] timeout"
+    code, out, took = stopped["stops"]["full"]
+    assert code == 0, out
+    assert "clean exit" in stopped["reports"]["full"].read_text(), "not SIGKILLed before its [stop] timeout"
     assert 2.9 <= took < 8, took
-    assert not alive(kid)
-    assert u.stop() == 0
-    assert u.leftovers() == []
+    assert not stopped["kids_alive"]["full"]
+    assert stopped["stop_code"] == 0
+    assert stopped["leftovers"] == []
 
 
-def test_leftovers_are_killed_at_the_stop_timeout(stack, up, tmp_path):
-    reports = {mode: _linger(stack, tmp_path, mode, 30.0, "1s", name=mode) for mode in ("main", "group")}
-    u = up().start()
-    kids = {}
-    for mode in reports:
-        u.wait_state(mode, "ready", 20)
-        kids[mode] = child_pid(reports[mode])
-    t0 = time.monotonic()
-    stopper = qasup_stop(tmp_path, "main", "group")
-    out, _ = stopper.communicate(timeout=30)
-    took = time.monotonic() - t0
-    assert stopper.returncode == 0, out
-    for mode, report in reports.items():
-        text = report.read_text()
+def test_leftovers_are_killed_at_the_stop_timeout(stopped):
+    code, out, took = stopped["stops"]["kill"]
+    assert code == 0, out
+    for mode in ("main", "group"):
+        text = stopped["reports"][f"kill-{mode}"].read_text()
         assert "term " in text and "clean exit" not in text, mode
-        assert not alive(kids[mode]), f"{mode}: SIGKILLed at the timeout"
+        assert not stopped["kids_alive"][f"kill-{mode}"], f"{mode}: SIGKILLed at the timeout"
     assert 0.9 <= took < 4, took
-    assert u.stop() == 0
-    assert u.leftovers() == []
+    assert stopped["stop_code"] == 0
+    assert stopped["leftovers"] == []
 
 
-def test_leftovers_of_a_natural_exit_get_the_full_stop_timeout_too(stack, up, tmp_path):
+def test_leftovers_of_a_natural_exit_get_the_full_stop_timeout_too(stopped):
     # the main process exits 1 by itself; its child needs 5.3 s after SIGTERM, within a 6 s timeout (qasup
     # used to give leftovers min(timeout, 5 s))
-    report = _linger(stack, tmp_path, "group", 5.3, "6s", exit_after=0.0)
-    u = up().start()
-    kid = child_pid(report)
-    u.wait_state("svc", "failed", 30)
-    text = report.read_text()
-    assert "clean exit" in text, "not SIGKILLed before its [stop] timeout"
-    assert not alive(kid)
-    assert "exited with code 1" in (u.service_status("svc")["last_error"] or "")
-    assert u.stop() == 0
-    assert u.leftovers() == []
+    assert "clean exit" in stopped["natural_report"], "not SIGKILLed before its [stop] timeout"
+    assert not stopped["natural_alive"]
+    assert "exited with code 1" in stopped["natural_error"]
+    assert stopped["stop_code"] == 0
+    assert stopped["leftovers"] == []

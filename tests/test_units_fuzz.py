@@ -154,7 +154,9 @@ def test_writer_round_trips():
     assert tomllib.loads(toml_document(doc)) == doc
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: the same 80 stacks every run, so that test_some_random_stacks_reached_the_plan (how many of them
+# load) cannot flake; the other properties here draw new examples each run.
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(units=st.dictionaries(unit_names, near_valid | documents, min_size=1, max_size=4),
        stack=st.none() | documents, dropin=st.none() | documents)
 def test_random_documents_only_raise_config_error(scratch: Path, units, stack, dropin):
