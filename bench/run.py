@@ -33,7 +33,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from benchkit import realworld, report, scenarios  # noqa: E402
+from benchkit import realworld, report, scenarios, startup  # noqa: E402
 from benchkit.daemons import ensure_supervisord  # noqa: E402
 from benchkit.procs import kill_marked  # noqa: E402
 from benchkit.scenarios import Ctx, Result  # noqa: E402
@@ -48,6 +48,27 @@ TITLES = {
     7: "restart latency after SIGKILL",
     realworld.SID: realworld.TITLE,
 }
+
+
+COMPILE_DEPENDENCIES = """
+import compileall, importlib.metadata as md, re
+seen, todo, files = set(), ["qasup"], set()
+while todo:
+    name = todo.pop()
+    key = re.sub(r"[-_.]+", "-", name).lower()
+    if key in seen:
+        continue
+    seen.add(key)
+    try:
+        dist = md.distribution(name)
+    except md.PackageNotFoundError:
+        continue
+    todo += [re.split(r"[ ;<>=!~\\[(]", r, maxsplit=1)[0] for r in dist.requires or [] if "extra ==" not in r]
+    if key != "qasup":
+        files |= {str(f.locate()) for f in dist.files or [] if f.suffix == ".py"}
+for f in sorted(files):
+    compileall.compile_file(f, quiet=2)
+"""
 
 
 def log(msg: str) -> None:
@@ -175,6 +196,15 @@ def run_all(args: argparse.Namespace, ctx: Ctx) -> dict[int, Result]:
             for sid in (4, 5, 7):
                 if sid in results:
                     results[sid].seconds += (time.perf_counter() - t) / len(only & {4, 5, 7})
+    if 1 in only and not args.no_breakdown:
+        log("start-up breakdown (qasup only): -X importtime and the stage driver")
+        t = time.perf_counter()
+        try:
+            results[1].extra["breakdown"] = startup.breakdown(ctx.folder("s1-breakdown"), ctx.marker, ctx.python,
+                                                              scenarios.DAG, runs=2 if args.quick else 5)
+        except Exception as e:  # a harness bug: keep the other numbers
+            results[1].notes.append(f"start-up breakdown failed: {type(e).__name__}: {e}")
+        results[1].seconds += time.perf_counter() - t
     if 2 in only:
         log("latency samples (qasup only)")
         settle()   # the bursts of scenario 3 leave ~190 MB for the kernel to write back: not during a tail measure
@@ -198,7 +228,8 @@ directory, and runs qasup (`PYTHON -m supervisor --config DIR/qasup.toml up`, a 
 supervisord (`nodaemon=true`, `startsecs=0`, `autorestart=true`, `redirect_stderr=true`,
 `stopasgroup/killasgroup`) on the same stand-in programs, in {rounds} rounds that alternate which daemon
 goes first. Every number below is the median over rounds (and samples) unless the row says otherwise. Times
-are wall-clock: launch is `time.time()` just before the daemon is spawned; qasup's times come from the `ts`
+are wall-clock: launch is `time.time()` just before the daemon is spawned; qasup's own modules and its
+dependencies' are compiled to bytecode first, as `pip install` leaves them; qasup's times come from the `ts`
 of its `events.jsonl` events or from the arrival of its stdout lines; supervisord's from the arrival of its
 log lines on stdout. Everything a daemon starts carries a marker in its environment and is killed at the
 end, whatever happened.
@@ -208,7 +239,8 @@ end, whatever happened.
    `requires` is ready and detects readiness from the `READY` line; supervisord has neither order nor
    readiness, so its number is "all RUNNING" with `startsecs=0` and is not comparable one to one: it is
    shown for reference. Note that supervisord spawns its programs on its first main-loop tick, about 1 s
-   after launch.
+   after launch. qasup's "first service spawned" is the first event that carries a pid. After the rounds,
+   the start-up breakdown (qasup only, 5 runs; see "Where start-up time goes").
 2. **Marker latency** (qasup only; supervisord has no readiness): 5 stand-ins print
    `READY pid=PID ts=time.time()` after a random 0.05-0.25 s, live 0.15 s, exit 1 and are restarted at
    once (`delay = "0s"`), for {lat_s:g} s; latency = the `ready` event's `ts` minus the `ts` in the line.
@@ -223,7 +255,8 @@ end, whatever happened.
    time; after 1 s, utime+stime of the daemon process itself (`/proc/PID/stat`, not its children) over
    {idle:g} s, and its VmRSS (in the first {idle_rounds} rounds).
 5. **Status**: `PYTHON -m supervisor status` vs `supervisorctl -c CONF status` against those stacks,
-   {calls} calls each per round, alternating, timed from the outside (process start to exit).
+   {calls} calls each per round, alternating, timed from the outside (process start to exit), each pair
+   followed by `PYTHON -c pass` (the floor: the same interpreter starting and doing nothing).
 6. **Scale**: {sizes} services running `sleep 3600` (no readiness check: ready at spawn), one round:
    launch to the `all N services ready` line (qasup) / N `entered RUNNING state` lines (supervisord),
    status wall time (median of 3), the daemon's RSS, and the ordered shutdown time (SIGTERM to the
@@ -246,7 +279,9 @@ def reading(results: dict[int, Result]) -> list[str]:
     if q is not None and st is not None:
         out.append(f"Bring-up: qasup had all 7 services ready {q:.2f} s after launch, {q - report.CP:.2f} s more "
                    f"than the {report.CP:.2f} s critical path; {st:.2f} s of that is its own start-up (interpreter, "
-                   f"imports, plan) before the first event."
+                   f"imports, plan) before the first event"
+                   + (f", and its first service was spawned {sp:.0f} ms after launch (target 80 ms)."
+                      if (sp := med(1, "spawn_ms", "qasup")) is not None else ".")
                    + (f" supervisord reported all 7 RUNNING after {sv:.2f} s, without knowing whether any was "
                       f"ready and without any order." if sv is not None else ""))
     qb, sb = med(3, "seconds", "qasup"), med(3, "seconds", "supervisord")
@@ -296,6 +331,8 @@ def write_doc(path: Path, info: dict[str, str], args: argparse.Namespace, lines,
         "",
         *(["## Real programs side by side (scenario 8)", "", *realworld.markdown(real)]
           if isinstance(real, realworld.RealResult) else []),
+        *(["## Where start-up time goes (scenario 1)", "", *startup.markdown(results[1].extra["breakdown"])]
+          if 1 in results and "breakdown" in results[1].extra else []),
         "## Where qasup is behind",
         "",
         *([f"- {b}" for b in bh] or ["- Nowhere in this run: every target is met."]),
@@ -321,6 +358,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None,
                    help="markdown report (default docs/benchmarks.md for a full run, none otherwise)")
     p.add_argument("--keep", action="store_true", help="keep the temporary stack folders (for debugging)")
+    p.add_argument("--no-breakdown", action="store_true",
+                   help="skip scenario 1's start-up breakdown (-X importtime and the stage driver, ~20 s)")
     p.add_argument("--reliability", action="store_true",
                    help="also run the long reliability variants of the test suite (pytest -m long: a soak of "
                         "thousands of restarts); their outcome decides the exit code too")
@@ -348,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     # bytecode as an installed package has it: an editable checkout under PYTHONDONTWRITEBYTECODE=1 would
     # otherwise compile qasup's modules at every start (and supervisord's are compiled by pip)
     subprocess.run([python, "-m", "compileall", "-q", str(REPO / "supervisor")], check=False)
+    # and qasup's dependencies (anyio, h11, typing_extensions, ...), as pip leaves them: a venv made with
+    # PYTHONDONTWRITEBYTECODE=1 has none, and each start would compile them again (~35 ms of CPU here)
+    subprocess.run([python, "-c", COMPILE_DEPENDENCIES], check=False)
     sd_version = ensure_supervisord(BENCH / ".venv-supervisord", log)
     info = machine(python, sd_version)
     log(f"qasup: {python} ({info['qasup']}); supervisord {sd_version}; {info['nproc']} x {info['cpu']}")
@@ -385,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     print(report.console_table(lines))
     if isinstance(real := results.get(realworld.SID), realworld.RealResult):
         print(realworld.console(real))
+    if 1 in results and "breakdown" in results[1].extra:
+        print()
+        print("\n".join(startup.markdown(results[1].extra["breakdown"])))
     for b in report.behind(lines, results):
         print(f"  behind: {b}")
     out_dir = BENCH / "out"

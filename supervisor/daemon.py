@@ -13,33 +13,29 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
 
-from supervisor.control.listen import DaemonAlreadyRunning, ListenError
+from supervisor.control.listen import SOCKET_CHECK_EVERY, BoundSockets, DaemonAlreadyRunning, ListenError, bind_api
 from supervisor.control.lock import StackLock
-from supervisor.control.metrics import Observed, plan_facts
-from supervisor.control.server import SOCKET_CHECK_EVERY, ServeInfo, serve
 from supervisor.engine.engine import Engine
 from supervisor.engine.errors import EngineError
 from supervisor.logs.echo import Echo
-from supervisor.logs.inotify import (
-    IN_DELETE,
-    IN_DELETE_SELF,
-    IN_MOVE_SELF,
-    IN_MOVED_FROM,
-    IN_ONLYDIR,
-    Inotify,
-)
 from supervisor.plan.result import Plan
 from supervisor.proc.guardian import guardian
 from supervisor.proc.kernel import raise_fd_limit, release_signals
 from supervisor.proc.notify import Notifier
 from supervisor.proc.sweep import tracking
 from supervisor.protocol import DEFAULT_SOCKET_NAME, MIN_TOKEN_LENGTH, SOCKET_ENV, TOKEN_ENV, Exit, parse_hostport
+from supervisor.records import dataclass
+
+if TYPE_CHECKING:
+    from supervisor.control.server import ServeInfo
+    from supervisor.logs.inotify import Inotify
 
 __all__ = ["HANDLED_SIGNALS", "DaemonOptions", "OptionsError", "run_daemon", "socket_path"]
 
@@ -156,23 +152,27 @@ async def _run_stack(plan: Plan, options: DaemonOptions, signals: AsyncIterator[
         _quiet_wakeup_fd()   # again: asyncio's add_signal_handler (the reaper's SIGCHLD) set it back to warn
         engine = Engine(plan, reaper, echo=echo, say=say, planner=options.planner, daemon_id=daemon_id)
         state = _StateWatch(engine, say)
-        async with anyio.create_task_group() as tg:
-            if notifier is not None:
-                engine.notify = notifier.send
-                if notifier.watchdog:
-                    tg.start_soon(_watchdog, notifier)
-            tg.start_soon(_signals, signals, engine, say, state)
-            tg.start_soon(_answer_lock_probes, lock)
-            try:
-                state.server = await tg.start(_serve_api, engine, socket_path(plan, options), options, say, echo)
-            except (DaemonAlreadyRunning, ListenError, OSError) as e:
-                # another daemon on this socket: usage (2); a socket that cannot be made: 1
-                print(f"qasup: control socket: {e}", file=sys.stderr, flush=True)
+        try:
+            # bound (and a clash found) before any service starts; served once the first ones are spawned
+            bound = bind_api(socket_path(plan, options), listen=options.listen, token=options.token,
+                             http=options.http or engine.stack.http)
+        except (DaemonAlreadyRunning, ListenError, OSError) as e:
+            # another daemon on this socket: usage (2); a socket that cannot be made: 1
+            print(f"qasup: control socket: {e}", file=sys.stderr, flush=True)
+            return Exit.CONFIG if isinstance(e, DaemonAlreadyRunning) else Exit.FAILED
+        try:
+            async with anyio.create_task_group() as tg:
+                if notifier is not None:
+                    engine.notify = notifier.send
+                    if notifier.watchdog:
+                        tg.start_soon(_watchdog, notifier)
+                tg.start_soon(_signals, signals, engine, say, state)
+                tg.start_soon(_answer_lock_probes, lock)
+                tg.start_soon(_serve_api, engine, bound, options, say, echo, state)
+                code = await engine.run()
                 tg.cancel_scope.cancel()
-                return Exit.CONFIG if isinstance(e, DaemonAlreadyRunning) else Exit.FAILED
-            tg.start_soon(state.watch)
-            code = await engine.run()
-            tg.cancel_scope.cancel()
+        finally:
+            bound.close()   # what the server did not take over (it had not started yet)
     return code
 
 
@@ -225,6 +225,8 @@ class _StateWatch:
     async def watch(self) -> None:
         """Check at each inotify event in the state folder or the socket's folder (deletions and moves), so an
         idle daemon never wakes up; without inotify, every SOCKET_CHECK_EVERY seconds."""
+        from supervisor.logs.inotify import Inotify  # here: it starts after the first spawns (ctypes)
+
         try:
             inotify = Inotify()
         except OSError:
@@ -252,6 +254,8 @@ class _StateWatch:
             inotify.close()
 
     def _watch_folders(self, inotify: Inotify) -> None:
+        from supervisor.logs.inotify import IN_DELETE, IN_DELETE_SELF, IN_MOVE_SELF, IN_MOVED_FROM, IN_ONLYDIR
+
         gone = IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
         folders = {self.engine.state_dir}
         if self.server is not None:
@@ -310,13 +314,43 @@ def _quiet_wakeup_fd() -> None:
         signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
 
 
-async def _serve_api(engine: Engine, path: Path, options: DaemonOptions, say: Say, echo: Echo | None, *,
-                     task_status: anyio.abc.TaskStatus[ServeInfo] = anyio.TASK_STATUS_IGNORED) -> None:
+async def _serve_api(engine: Engine, bound: BoundSockets, options: DaemonOptions, say: Say, echo: Echo | None,
+                     state: _StateWatch) -> None:
+    """Serve the API on the sockets bound before the start, then watch the state folder and the socket. The
+    server (h11, routes, /metrics) is imported once the first wave's spawns are reported, not on the way to
+    them; a client that connects before waits in the socket's backlog."""
+    await _first_spawns(engine, API_AFTER_SPAWNS)
+    from supervisor.control.metrics import Observed, plan_facts
+    from supervisor.control.server import serve
+
     observed = Observed(plan=lambda: plan_facts(engine.plan), events_total=lambda: engine.events.emitted,
                         echo_dropped=lambda: echo.dropped if echo is not None else {})
-    await serve(engine, path, listen=options.listen, token=options.token, http=options.http or engine.stack.http,
-                log=lambda m: say(m if m.startswith("api") else f"api: {m}"), observed=observed,
-                task_status=task_status)
+    async with anyio.create_task_group() as tg:
+        state.server = await tg.start(partial(
+            serve, engine, bound.path, listen=options.listen, token=options.token,
+            http=options.http or engine.stack.http, log=lambda m: say(m if m.startswith("api") else f"api: {m}"),
+            observed=observed, bound=bound))
+        tg.start_soon(state.watch)
+
+
+API_AFTER_SPAWNS = 0.25
+"""The longest the API waits for the first wave's spawns before it is served anyway (seconds)."""
+
+
+async def _first_spawns(engine: Engine, limit: float) -> None:
+    """Return once every service that went `starting` has its pid or left `starting` (after at least one
+    such event), or after ``limit`` seconds (first services that wait on something, or none to spawn)."""
+    with anyio.move_on_after(limit):
+        async with engine.events.subscribe() as events:
+            spawning: set[str] = set()
+            async for event in events:
+                if name := event.get("service"):
+                    if event.get("state") == "starting" and "pid" not in event:
+                        spawning.add(name)
+                        continue
+                    spawning.discard(name)
+                    if not spawning:
+                        return
 
 
 async def _signals(signals: AsyncIterator[int], engine: Engine, say: Say, state: _StateWatch) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from supervisor.records import dataclass
 
 __all__ = ["ConfigError", "Problem", "Problems"]
 

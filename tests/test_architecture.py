@@ -29,7 +29,7 @@ MAX_LINES = 400
 # Innermost first. An entry names a module and everything below it, except the bare package name, which
 # names only supervisor/__init__.py.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("supervisor", "supervisor.errors", "supervisor.protocol", "supervisor.lazyssl")),
+    ("base", ("supervisor", "supervisor.errors", "supervisor.protocol", "supervisor.lazyssl", "supervisor.records")),
     ("config", ("supervisor.config",)),
     ("plan", ("supervisor.plan",)),
     ("proc/logs/readiness", ("supervisor.proc", "supervisor.logs", "supervisor.readiness")),

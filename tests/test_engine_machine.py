@@ -433,7 +433,7 @@ def test_status_rows_and_domain_errors(tmp_path):
     assert row["state"] == "ready" and row["pid"] == 4000 and row["ready_after_s"] == 0.5
     assert list(row) == ["name", "state", "pid", "restarts", "uptime_s", "ready_after_s", "exit_code",
                          "last_error", "gpu", "state_since", "ready_timeout_s", "counters", "waiting_on",
-                         "notify"]
+                         "notify", "external"]
     assert st["stack"]["state"] == "ready"
     with pytest.raises(UnknownService):
         w.engine._get("nope")

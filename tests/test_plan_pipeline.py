@@ -124,3 +124,25 @@ def test_notes_are_left_out_without_the_qanything_rules(tmp_path):
     config = load_config(cwd=make_stack(tmp_path / "p", {"web": 'command = ["x"]\n'}))
     plan = make_plan(config, {}, [], Problems(), environ={}, check_paths=False, notes=("GPU inventory: x",))
     assert plan.messages == ()
+
+
+def test_an_http_expect_is_checked_as_a_linear_time_pattern_once_expanded(tmp_path):
+    """`[ready]`/`[live]` http `expect` goes through the log patterns' rules after `${NAME}` expansion: a
+    lookahead is refused at plan time with the key's file, a plain expanded model name is fine."""
+    root = make_stack(tmp_path, {
+        "web": '''command = ["x"]
+               [ready]
+               http = { url = "http://127.0.0.1:1/", expect = "ready(?=!)" }
+               [live]
+               http = { url = "http://127.0.0.1:1/", expect = "${MODEL:-Qwen-7B}" }
+               '''.replace("               ", "")})
+    with pytest.raises(ConfigError) as e:
+        load_plan(request(root))
+    [p] = e.value.problems
+    assert p.file.endswith("web.toml") and p.key == "ready.http.expect", p
+    assert "lookahead" in p.message and "linear-time" in p.message, p.message
+    (root / "services.d" / "web.toml").write_text(
+        (root / "services.d" / "web.toml").read_text().replace("ready(?=!)", "ready!"))
+    plan = load_plan(request(root))
+    assert plan.resolved["web"].ready.http is not None and plan.resolved["web"].ready.http.expect == "ready!"
+    assert plan.resolved["web"].live is not None and plan.resolved["web"].live.http.expect == "Qwen-7B"

@@ -267,19 +267,32 @@ def test_transport_errors_come_out_as_httpx_errors(serve):
 
 
 def test_body_prefix_stops_at_the_limit_and_searches_across_pieces():
-    import re
-
-    b = BodyPrefix(re.compile("needle"))
+    b = BodyPrefix("needle")
     assert not b.feed(b"nee", 0.0)
     assert b.feed(b"dle", 1.0)            # found across two pieces
-    b = BodyPrefix(re.compile("needle"))
+    b = BodyPrefix("needle")
     for i in range(100):
         assert not b.feed(b"y" * 1024, i * 0.001)
         if b.full:
             break
     assert b.full and b.raw == BODY_LIMIT and len(b.text) == BODY_LIMIT
-    b = BodyPrefix(re.compile("é"), "latin-1")
+    b = BodyPrefix("é", "latin-1")
     assert b.feed("é".encode("latin-1"), 0.0)
+
+
+def test_expect_is_searched_in_linear_time_with_line_anchors():
+    """`expect` runs on the log patterns' engine: a pattern built to backtrack ((a+)+$ against 64 KiB of a's and
+    a b) is answered at once, where Python's re would take minutes; ^ and $ hold at every line of the body."""
+    import time
+
+    b = BodyPrefix(r"(a+)+$")
+    t0 = time.monotonic()
+    assert not b.feed(b"a" * (BODY_LIMIT - 1) + b"b", 0.0)
+    assert b.full and time.monotonic() - t0 < 1.0
+    assert BodyPrefix(r"^model: \w+$").feed(b'{"x": 1}\nmodel: qwen\n', 0.0)     # a line of the body, not its start
+    assert BodyPrefix(r"^READY").feed(b"booting\nREADY\n", 0.0)                 # a literal at a line start
+    assert not BodyPrefix(r"^READY").feed(b"booting, not READY\n", 0.0)
+    assert BodyPrefix(r"Qwen-7B").feed(b'{"models": ["Qwen-7B"]}', 0.0)
 
 
 def rss_peak_kib(pid: int) -> int:

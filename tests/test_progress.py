@@ -132,3 +132,16 @@ def test_status_watch_redraws_in_place_under_a_pty_and_ends_quietly_on_ctrl_c(st
             proc.wait()
         os.close(master)
     assert u.stop() == 0
+
+
+def test_a_progress_line_names_at_most_twelve_services_and_counts_the_rest(stack, up) -> None:
+    """1000 starting services must not make a 60 KB progress line: twelve are named, the rest counted."""
+    for i in range(15):
+        stack.unit(f"s{i:02d}", command=["sleep", "600"], ready={"log": "never printed", "timeout": "60s"})
+    u = up().start()
+    poll(lambda: _waiting_lines(u.out), 10, lambda: f"a progress line; output:\n{u.out}")
+    line = _waiting_lines(u.out)[0]
+    named = re.findall(r"\bs\d\d \d+(?:\.\d)?s/60s: no line matching 'never printed' yet", line)
+    assert len(named) == 12, line
+    assert line.endswith("; and 3 more (qasup status)"), line
+    assert u.stop() == 0

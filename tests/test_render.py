@@ -71,3 +71,19 @@ def test_disabled_services_hidden_unless_asked_with_a_line_that_says_how_many():
         "(1 service disabled by the plan not shown: qasup status --all)"
     nothing_hidden = {"stack": payload["stack"], "services": payload["services"][:1]}
     assert "not shown" not in render_status(nothing_hidden, show_disabled=False)
+
+
+def test_units_run_on_other_machines_are_counted_apart_from_disabled_ones():
+    """Under `up --only`, the units another machine runs are disabled here ("not run here: ..."): the line under
+    the table says so instead of calling them disabled by the plan."""
+    away = "disabled by the plan: not run here: outside --only (another machine runs it)"
+    payload = {"stack": stack_status(state="ready", pid=7, uptime_s=5.0, name="qa"),
+               "services": [service_status(name="web", state="ready", pid=10),
+                            service_status(name="ctl", state="disabled", last_error=away),
+                            service_status(name="w2", state="disabled", last_error=away),
+                            service_status(name="ocr", state="disabled", last_error="disabled by the plan: x")]}
+    assert render_status(payload, show_disabled=False).splitlines()[-1] == \
+        "(1 service disabled by the plan and 2 run on other machines not shown: qasup status --all)"
+    only_away = {"stack": payload["stack"], "services": payload["services"][:2]}
+    assert render_status(only_away, show_disabled=False).splitlines()[-1] == \
+        "(1 runs on other machines not shown: qasup status --all)"

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchkit.daemons import Daemon, Prog, Qasup, Supervisord
-from benchkit.procs import WaitTimeout, cpu_ticks, guardian_pid, rss_kib, supervisord_line_time
+from benchkit.procs import WaitTimeout, cpu_ticks, guardian_pid, rss_kib, supervisord_line_time, timed_run
 
 QASUP, SV = "qasup", "supervisord"
+PASS = "python -c pass"
 
 
 class Result:
@@ -33,6 +34,7 @@ class Result:
         self.failures: list[str] = []
         self.notes: list[str] = []
         self.seconds = 0.0
+        self.extra: dict = {}   # scenario 1: the start-up breakdown (benchkit.startup)
 
     def add(self, metric: str, who: str, value: float) -> None:
         self.samples[metric][who].append(value)
@@ -47,7 +49,8 @@ class Result:
 
     def to_json(self) -> dict:
         return {"id": self.sid, "title": self.title, "samples": {m: dict(w) for m, w in self.samples.items()},
-                "failures": self.failures, "notes": self.notes, "seconds": round(self.seconds, 1)}
+                "failures": self.failures, "notes": self.notes, "seconds": round(self.seconds, 1),
+                **({"extra": self.extra} if self.extra else {})}
 
 
 @dataclass
@@ -176,6 +179,9 @@ def s1_bringup(ctx: Ctx, res: Result, round_no: int) -> None:
                 if first is not None:
                     res.add("startup_s", QASUP, first - t0)
                     res.add("sched_overhead_s", QASUP, max(ready) - first - cp)
+                spawned = [e["ts"] for e in q.events.events if e.get("service") and "pid" in e]
+                if spawned:   # the first event with a pid: the first service's process exists
+                    res.add("spawn_ms", QASUP, (min(spawned) - t0) * 1000)
 
             guarded(res, QASUP, ctx, run_q, [q])
         else:
@@ -373,6 +379,10 @@ def s457_idle_status_restart(ctx: Ctx, r4: Result, r5: Result, r7: Result, round
                     up[w] = False
                     continue
                 r5.add("status_ms", w, wall * 1000)
+            if up[QASUP]:   # the floor: the same interpreter doing nothing, in the same loop
+                code, wall, _ = timed_run([ctx.python, "-c", "pass"], q.environment(), cwd=q.root)
+                if code == 0:
+                    r5.add("status_ms", PASS, wall * 1000)
         # 7: SIGKILL a service, time until a new pid, and until ready (qasup) / RUNNING (supervisord)
         for i in range(kills):
             name = IDLE_NAMES[i % n]

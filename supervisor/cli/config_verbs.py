@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 from supervisor.cli.flags import RUNSH_FLAGS
 from supervisor.errors import ConfigError
 from supervisor.plan.pipeline import PlanRequest, UsageError, load_plan
+from supervisor.plan.resolve import describe_checks
 from supervisor.plan.result import Plan
+from supervisor.plan.subset import split_names
 from supervisor.protocol import Exit, mask_env
 
 if TYPE_CHECKING:
@@ -29,11 +31,14 @@ def overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def plan_request(args: argparse.Namespace, *, check_paths: bool = True) -> PlanRequest:
-    """What the command line asks to plan: ``--config``, the run.sh flags, ``--gpus``, ``--socket``."""
+    """What the command line asks to plan: ``--config``, the run.sh flags, ``--gpus``, ``--socket``, ``--only``
+    and ``--except`` (a reload plans the same request: the same subset)."""
     return PlanRequest(config=Path(args.config) if getattr(args, "config", None) else None,
                        overrides=MappingProxyType(overrides(args)), gpus=getattr(args, "gpus", None),
                        check_paths=check_paths,
-                       socket=Path(args.socket) if getattr(args, "socket", None) else None)
+                       socket=Path(args.socket) if getattr(args, "socket", None) else None,
+                       only=split_names(getattr(args, "only", None) or ()),
+                       exclude=split_names(getattr(args, "exclude", None) or ()))
 
 
 def _report_problems(e: ConfigError) -> int:
@@ -63,18 +68,33 @@ def cmd_check(args: argparse.Namespace) -> int:
     warn = _stop_budget_warnings(plan)
     for w in warn:
         print(f"warning: {w}", file=sys.stderr)
-    print(f"ok: {units} unit{'s' if units != 1 else ''} valid, {len(plan.enabled)} enabled in this plan")
+    print(f"ok: {units} unit{'s' if units != 1 else ''} valid, {len(plan.enabled) + len(plan.not_run_here)} "
+          f"enabled in this plan{_placement_summary(plan)}")
     if not plan.feasible:
         print(f"note: the plan is infeasible on this inventory: {plan.error}", file=sys.stderr)
     return Exit.OK
+
+
+def _placement_summary(plan: Plan) -> str:
+    """``; --only: 2 run here, 1 waited on elsewhere (x), 6 not run here`` (empty for a whole stack run here
+    with no external unit)."""
+    if not plan.subset and not plan.waited_on:
+        return ""
+    parts = [f"{len(plan.runs_here)} run here"]
+    if plan.waited_on:
+        parts.append(f"{len(plan.waited_on)} waited on elsewhere ({', '.join(plan.waited_on)})")
+    if plan.subset:
+        parts.append(f"{len(plan.not_run_here)} not run here")
+    return "; " + (f"{plan.subset.source}: " if plan.subset else "") + ", ".join(parts)
 
 
 def _stop_budget_warnings(plan: Plan) -> list[str]:
     """Stop timeouts along a dependency chain (stopped one after another) that exceed the stop budget."""
     units = plan.config.units
     budget = plan.config.stack.stop_budget
-    try:
-        total, path = plan.graph.critical_path({n: units[n].stop.timeout for n in plan.enabled})
+    try:   # an external unit has nothing to stop
+        total, path = plan.graph.critical_path({n: 0.0 if units[n].external else units[n].stop.timeout
+                                                for n in plan.enabled})
     except ValueError:
         return []
     if total > budget:
@@ -121,6 +141,9 @@ def _print_plan(plan: Plan) -> None:
         for k, wave in enumerate(plan.graph.waves()):
             for n in wave:
                 s = plan.services[n]
+                if n in plan.resolved and plan.resolved[n].external:
+                    out(f"  wave {k}: {n:<24} waited on elsewhere: {describe_checks(plan.resolved[n].ready)}\n")
+                    continue
                 deps = ", ".join(list(s.requires) + [f"after {a}" for a in s.after]) or "-"
                 gpu = f" gpu {','.join(map(str, s.gpu_ids))}" if s.gpu_ids else ""
                 vram = f" {s.vram_mib} MiB" if s.vram_mib else ""
@@ -128,11 +151,30 @@ def _print_plan(plan: Plan) -> None:
                 _print_dropins(plan, s.dropins, out)
     for a, b in plan.gpu_edges:
         out(f"  gpu order: {b} starts after {a} is ready (they share a GPU; largest first)\n")
-    disabled = [s for s in plan.services.values() if not s.enabled]
+    _print_placement(plan, out)
+    disabled = [s for s in plan.services.values() if not s.enabled and s.placement is None]
     if disabled:
         out("disabled:\n")
         for s in disabled:
             out(f"  {s.name:<24} {s.reason}\n")
+
+
+def _print_placement(plan: Plan, out: Callable[[str], object]) -> None:
+    """With a subset or external units: what runs here, what is waited on elsewhere (by which probe, for whom),
+    and what is not run here."""
+    if not plan.subset and not plan.waited_on:
+        return
+    sub = plan.subset
+    asked = f" ({sub.source} {','.join(sub.only or sub.exclude)})" if sub else ""
+    out(f"runs here{asked}: {', '.join(plan.runs_here) or '-'}\n")
+    if plan.waited_on:
+        out("waited on elsewhere (probed from here):\n")
+        for n in plan.waited_on:
+            probe = describe_checks(plan.resolved[n].ready) if n in plan.resolved else "(not resolved)"
+            by = plan.services[n].needed_by
+            out(f"  {n}: {probe}" + (f"  (needed by {', '.join(by)})" if by else "  (external = true)") + "\n")
+    if sub:
+        out(f"not run here: {', '.join(plan.not_run_here) or '-'}\n")
 
 
 def _print_dropins(plan: Plan, dropins: tuple[DropinUse, ...], out: Callable[[str], object]) -> None:
@@ -157,6 +199,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         return plan
     for m in plan.messages:
         print(f"[qasup] plan: {m}", flush=True)
+    if plan.subset or plan.waited_on:
+        waits = ", ".join(f"{n} ({describe_checks(plan.resolved[n].ready)})" for n in plan.waited_on
+                          if n in plan.resolved)
+        print(f"[qasup] runs here: {', '.join(plan.runs_here) or '-'}; waits on elsewhere: {waits or '-'}"
+              + (f"; not run here: {', '.join(plan.not_run_here) or '-'}" if plan.subset else ""), flush=True)
     if not plan.feasible:
         print(f"[qasup] the plan is infeasible: {plan.error}", file=sys.stderr, flush=True)
         return Exit.FAILED

@@ -15,3 +15,12 @@ RUNSH_FLAGS = (
     ("-p", "--tensor-parallel", "tensor_parallel", int, "1, 2, 4, 8 or 16; 0 (default): one per GPU id in -i for a local LLM (-i 0,1: 2, so vllm); -p 1 -i 0,1: LLM on GPU 0, embed/rerank on GPU 1"),
     ("-r", "--gpu-memory-utilization", "gpu_memory_utilization", float, "vLLM's share of GPU memory (0.81)"),
 )
+
+SUBSET_FLAGS = (
+    # (long, dest, help): repeatable, comma lists; mutually exclusive (checked by the plan: a usage error, exit 2)
+    ("--only", "only", "run only these units here (NAME[,NAME...], repeatable; also $QASUP_ONLY): a unit outside "
+                       "them that one of them requires or is after is waited on through its [ready] probes"),
+    ("--except", "exclude", "run every unit of the plan here but these (NAME[,NAME...], repeatable; also "
+                            "$QASUP_EXCEPT)"),
+)
+"""The subset flags of ``up``, ``check`` and ``plan``: the part of the stack this machine runs."""

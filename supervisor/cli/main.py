@@ -21,7 +21,7 @@ import argparse  # noqa: E402
 import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from supervisor.cli.flags import RUNSH_FLAGS
+from supervisor.cli.flags import RUNSH_FLAGS, SUBSET_FLAGS
 from supervisor.protocol import DEFAULT_SOCKET_NAME, DEFAULT_STATE_DIR, SOCKET_ENV, Exit
 
 TYPE_CHECKING = False  # typing costs ~5 ms to import; annotations are strings here anyway
@@ -64,6 +64,9 @@ def _add_plan_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gpus", metavar="SPEC", default=None,
                    help='declared GPU inventory instead of NVML: "none", a JSON file, or inline JSON '
                         '(also $QASUP_GPUS)')
+    sub = p.add_argument_group("subset (one stack split across machines: the part this one runs)")
+    for long, dest, help_ in SUBSET_FLAGS:
+        sub.add_argument(long, dest=dest, metavar="NAME[,NAME...]", action="append", default=None, help=help_)
 
 
 class _OnlyVerb:
@@ -72,17 +75,51 @@ class _OnlyVerb:
     ``qasup status`` runs as a health check: building all the other verbs' parsers costs more than the
     request itself."""
 
-    def __init__(self, subparsers: argparse._SubParsersAction[argparse.ArgumentParser], verb: str) -> None:
+    def __init__(self, subparsers: argparse._SubParsersAction[Any], verb: str) -> None:
         self._sub, self._verb = subparsers, verb
 
     def add_parser(self, name: str, **kw: Any) -> argparse.ArgumentParser:
         if name == self._verb:
             return self._sub.add_parser(name, **kw)
-        return argparse.ArgumentParser(add_help=False)
+        return _Ignored()  # type: ignore[return-value]
+
+
+class _Ignored:
+    """What :class:`_OnlyVerb` gives for the verbs not asked for: takes every call (``add_argument``,
+    ``add_argument_group``, ``set_defaults``, ...) and does nothing, so their arguments cost nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        return self._ignore
+
+    def _ignore(self, *args: Any, **kwargs: Any) -> _Ignored:
+        return self
+
+
+def _terminal_width() -> int:
+    """What ``shutil.get_terminal_size().columns`` says ($COLUMNS, else stdout's terminal, else 80)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose formatter learns the terminal width without ``shutil``: argparse makes a
+    formatter at every ``add_argument``, and its own imports shutil (with bz2, lzma and zlib: ~3 ms and
+    ~0.3 MiB that ``qasup up`` kept for its whole life)."""
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        return self.formatter_class(prog=self.prog, width=_terminal_width() - 2)  # type: ignore[call-arg]
 
 
 def _fast_verb(argv: list[str]) -> str | None:
-    """The control verb of a plain invocation (no help asked), else None."""
+    """The verb of a plain invocation (no help asked), else None."""
     i = 0
     while i < len(argv):
         a = argv[i]
@@ -94,14 +131,14 @@ def _fast_verb(argv: list[str]) -> str | None:
             continue
         if a.startswith("-"):
             return None
-        if a in CONFIG_VERBS or "-h" in argv or "--help" in argv:
+        if "-h" in argv or "--help" in argv:
             return None
         return a
     return None
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="qasup", description="qasup: a process supervisor for GPU question-answering stacks.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     from supervisor import __version__
@@ -118,8 +155,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                 _add_common(p, top=False)
             return parser
     fmt = argparse.RawDescriptionHelpFormatter
+    verbs = _OnlyVerb(sub, only) if only in CONFIG_VERBS else sub   # ``up`` builds its own parser only
 
-    up = sub.add_parser("up", help="run the stack in the foreground", formatter_class=fmt,
+    up = verbs.add_parser("up", help="run the stack in the foreground", formatter_class=fmt,
                         description="Plan, prepare, start in dependency order, supervise; SIGTERM/SIGINT = ordered "
                                     "shutdown (a second SIGINT kills at once).",
                         epilog="examples:\n  qasup up\n  qasup up -b vllm -m Qwen-7B -s 7B -i 0,1\n"
@@ -135,13 +173,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                          "token (default: [stack] http)")
     up.add_argument("--no-echo", action="store_true", help="do not copy service output to stdout")
 
-    ck = sub.add_parser("check", help="validate the stack file and every unit", formatter_class=fmt,
+    ck = verbs.add_parser("check", help="validate the stack file and every unit", formatter_class=fmt,
                         description="Prints FILE: KEY: message for every problem.",
                         epilog="examples:\n  qasup check\n  qasup check -b vllm -m Qwen-7B\nexit: 0 valid; 2 invalid")
     _add_common(ck, top=False)
     _add_plan_flags(ck)
 
-    pl = sub.add_parser("plan", help="show the GPU plan and start order", formatter_class=fmt,
+    pl = verbs.add_parser("plan", help="show the GPU plan and start order", formatter_class=fmt,
                         description="The GPU plan and the waves of the start order, without starting anything.",
                         epilog="examples:\n  qasup plan\n  qasup plan --json -b hf -m chatglm3-6b -s 6B\n"
                                "exit: 0 feasible; 1 infeasible; 2 bad configuration")
@@ -149,6 +187,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     _add_plan_flags(pl)
     pl.add_argument("--json", action="store_true", help="machine-readable output")
 
+    if only in CONFIG_VERBS:
+        return parser
     from supervisor.cli import control_args
 
     control_args.register(sub)

@@ -18,10 +18,10 @@ import grp
 import os
 import pwd
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from supervisor.config.spec import UnitSpec
 from supervisor.errors import Problems
+from supervisor.records import dataclass
 
 __all__ = ["AccountError", "Credentials", "check_accounts", "credentials_for", "lookup"]
 

@@ -25,10 +25,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from supervisor.config.safefile import read_regular
+from supervisor.records import dataclass
 
 __all__ = ["DotenvError", "format_value", "load", "parse", "update"]
 

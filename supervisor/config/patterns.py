@@ -117,6 +117,16 @@ class LinePattern:
             return line.startswith(literal[1:]) if literal[:1] == b"^" else literal in line
         return self.regex.Match(self._anchor, line, 0, len(line))[0][0] >= 0
 
+    def search_text(self, data: bytes) -> bool:
+        """Whether the pattern matches anywhere in `data`, several lines at once (an HTTP body: `[ready] http`
+        `expect`), with `^ $` at every line start and end as in a chunk of log lines; linear time."""
+        literal = self._literal
+        if literal is not None:
+            if literal[:1] == b"^":
+                return data.startswith(literal[1:]) or b"\n" + literal[1:] in data
+            return literal in data
+        return self.regex.Match(self._anchor, data, 0, len(data))[0][0] >= 0
+
     def __repr__(self) -> str:
         return f"LinePattern({_show(self.pattern)})"
 

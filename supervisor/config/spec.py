@@ -10,12 +10,13 @@ from __future__ import annotations
 import re
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from supervisor.protocol import DEFAULT_STATE_DIR
+from supervisor.records import dataclass
 
 
 def _empty() -> Mapping[str, Any]:
@@ -161,6 +162,7 @@ class UnitSpec:
     file: Path
     command: tuple[str, ...]
     description: str = ""
+    external: bool = False           # runs elsewhere: no command, known only through its [ready]/[live] probes
     type: str = "simple"
     pid_file: str | None = None      # forking: where the daemon writes its pid (else: the one process left)
     user: str | None = None          # name or number; the child switches to it before exec

@@ -26,8 +26,11 @@ __all__ = ["UNIT_KEYS", "load_unit", "load_when"]
 UNIT_KEYS = {
     "description", "command", "cwd", "env", "env_files", "requires", "after", "provides", "enabled", "gpu",
     "vram_mib", "requires_paths", "when", "prepare", "log", "ready", "restart", "stop", "on_log",
-    "type", "pid_file", "user", "group", "groups", "restart_with", "live",
+    "type", "pid_file", "user", "group", "groups", "restart_with", "live", "external",
 }
+EXTERNAL_NOT_ALLOWED = ("command", "prepare", "stop", "restart", "on_log", "log", "user", "group", "groups", "type",
+                        "pid_file", "gpu", "vram_mib", "requires_paths", "restart_with")
+"""Keys that only make sense for a process qasup runs: an ``external = true`` unit has none of them."""
 _ACCOUNT = re.compile(r"^([a-z_][a-z0-9_.-]{0,31}\$?|[0-9]{1,10})$")   # a user or group name, or a number
 
 _HTTP_METHOD = re.compile(r"^[A-Z]+$")
@@ -40,11 +43,13 @@ def load_unit(name: str, path: Path, data: dict[str, Any], probs: Problems,
     which key)."""
     U = S.UnitSpec
     r = Reader(probs, path, data, "", UNIT_KEYS, origins)
+    external = r.boolean("external", U.external)
     command = r.str_list("command", nonempty=True)
-    if "command" not in data:
-        r.err("command", "missing: every unit needs a command (an array of strings)")
+    if "command" not in data and not external:
+        r.err("command", "missing: every unit needs a command (an array of strings), unless it is "
+                         "external = true (a service that runs elsewhere, known by its [ready] probes)")
     kw: dict[str, Any] = dict(
-        description=r.string("description", U.description),
+        description=r.string("description", U.description), external=external,
         cwd=r.string("cwd", U.cwd),
         env=MappingProxyType(r.str_map("env")),
         env_files=r.str_list("env_files") or U.env_files,
@@ -89,6 +94,8 @@ def load_unit(name: str, path: Path, data: dict[str, Any], probs: Problems,
                                 sp.duration("timeout", S.StopSpec.timeout),
                                 sp.enum("mode", S.STOP_MODES, S.StopSpec.mode))
     kw["on_log"] = _load_rules(r)
+    if external:
+        _check_external(r, kw["ready"], kw["live"])
     return S.UnitSpec(name=name, file=path, command=command or (), sources=sources,
                       origins=MappingProxyType(dict(origins or {})), **kw)
 
@@ -184,6 +191,27 @@ def _load_live(r: Reader, ready: S.ReadySpec) -> S.LiveSpec | None:
         r.err("live", "has no check: give at least one of log, http, tcp, exec, watchdog")
         return None
     return spec
+
+
+def _check_external(r: Reader, ready: S.ReadySpec, live: S.LiveSpec | None) -> None:
+    """An external unit: no key of a local process, and a ``[ready]`` that can be checked from here."""
+    for key in EXTERNAL_NOT_ALLOWED:
+        if key in r.data:
+            r.err(key, "not allowed in an external unit (it runs elsewhere: qasup starts, stops and logs "
+                       "nothing for it)")
+    seen = "a log check is meaningless there (qasup sees no output of a service that runs elsewhere)"
+    notify = "sd_notify is meaningless there (a service that runs elsewhere has no NOTIFY_SOCKET of qasup's)"
+    for table, spec in (("ready", ready), ("live", live)):
+        if spec is not None and spec.log is not None:
+            r.err(f"{table}.log", f"not allowed in an external unit: {seen}")
+    if ready.notify:
+        r.err("ready.notify", f"not allowed in an external unit: {notify}")
+    if live is not None and live.watchdog is not None:
+        r.err("live.watchdog", f"not allowed in an external unit: {notify}")
+    if not any(x is not None for x in (ready.http, ready.tcp, ready.exec)):
+        where = "its [ready] has none" if isinstance(r.raw("ready"), dict) else "it has no [ready]"
+        r.err("ready", f"an external unit needs a [ready] with an http, tcp or exec check ({where}): qasup "
+                       "knows it only through its probes")
 
 
 def _account_ok(r: Reader, key: str, value: str) -> bool:

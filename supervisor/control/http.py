@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -22,6 +22,7 @@ import anyio.abc
 import h11
 
 from supervisor.protocol import mask_secrets
+from supervisor.records import dataclass
 
 __all__ = [
     "BUSY_RESPONSE",
@@ -236,9 +237,11 @@ def reason(status: int) -> bytes:
         return b""
 
 
-def encode_json(payload: Any) -> bytes:
-    """One JSON answer (or event line): secrets masked, a newline at the end."""
-    return (json.dumps(mask_secrets(payload), default=str) + "\n").encode("utf-8")
+def encode_json(payload: Any, *, masked: bool = False) -> bytes:
+    """One JSON answer (or event line): secrets masked, a newline at the end. ``masked``: the caller has already
+    masked whatever in ``payload`` can hold a secret (a status: its rows have fixed keys; its plan part is masked
+    by the caller), so the whole tree is not walked again (a third of a 1000-service status's cost)."""
+    return (json.dumps(payload if masked else mask_secrets(payload), default=str) + "\n").encode("utf-8")
 
 
 _BUSY_BODY = b'{"error": "too many connections to the qasup control API; try again"}\n'
@@ -336,9 +339,10 @@ class Channel:
         await self.send(h11.EndOfMessage())
 
     async def respond_json(
-        self, status: int, payload: Any, headers: Sequence[tuple[str, str]] = (), close: bool = False
+        self, status: int, payload: Any, headers: Sequence[tuple[str, str]] = (), close: bool = False,
+        masked: bool = False,
     ) -> None:
-        await self.respond(status, encode_json(payload), headers=headers, close=close)
+        await self.respond(status, encode_json(payload, masked=masked), headers=headers, close=close)
 
     async def send_error(self, status: int, message: str) -> None:
         """Best-effort error answer on a connection that will be closed right after."""

@@ -1,8 +1,9 @@
 """Where the control API listens: the Unix socket (mode 0600, never replacing a live daemon's), the
 optional TCP listener (only with a long enough bearer token), and removing our socket file on exit.
 
-Plain blocking ``socket`` calls, done once at start-up; the sockets are handed to anyio listeners by
-``supervisor.control.server``. Failures are :class:`ListenError` (or :class:`DaemonAlreadyRunning`) with a
+Plain blocking ``socket`` calls, done once at start-up (:func:`bind_api`, before any service starts, so
+that a clash is reported before anything runs); the sockets are handed to anyio listeners by
+``supervisor.control.server`` (which ``qasup up`` imports only once its first services are spawned). Failures are :class:`ListenError` (or :class:`DaemonAlreadyRunning`) with a
 message for a person.
 """
 
@@ -17,8 +18,11 @@ from pathlib import Path
 from supervisor.protocol import MIN_TOKEN_LENGTH, TOKEN_ENV
 
 __all__ = [
+    "SOCKET_CHECK_EVERY",
+    "BoundSockets",
     "DaemonAlreadyRunning",
     "ListenError",
+    "bind_api",
     "bind_tcp_socket",
     "bind_unix_socket",
     "remove_our_socket",
@@ -26,6 +30,9 @@ __all__ = [
 ]
 
 _BACKLOG = 512  # a full Unix-socket backlog makes clients with a time-out fail at once (EAGAIN)
+
+SOCKET_CHECK_EVERY = 1.0
+"""Seconds between two looks (one ``stat``) at the socket file: gone (``rm -rf .qasup``) means bound anew."""
 
 
 class DaemonAlreadyRunning(RuntimeError):
@@ -127,3 +134,52 @@ def remove_our_socket(path: Path, inode: int) -> None:
             path.unlink()
     except OSError:
         pass
+
+
+class BoundSockets:
+    """The API's sockets, bound and listening (connections wait in the backlog until the server accepts):
+    the Unix socket (its file's inode, to remove only our own file), the ``--listen`` and ``--http`` ones.
+    :func:`supervisor.control.server.serve` takes them over (``taken``); until then :meth:`close` closes
+    them and removes the socket file."""
+
+    __slots__ = ("http", "inode", "path", "taken", "tcp", "unix")
+
+    def __init__(self, path: Path, unix: socket.socket, inode: int, tcp: socket.socket | None,
+                 http: socket.socket | None) -> None:
+        self.path = path
+        self.unix = unix
+        self.inode = inode
+        self.tcp = tcp
+        self.http = http
+        self.taken = False
+
+    def close(self) -> None:
+        """Close what the server has not taken over, and remove our socket file (once)."""
+        if self.taken:
+            return
+        self.taken = True
+        for sock in (self.unix, self.tcp, self.http):
+            if sock is not None:
+                sock.close()
+        remove_our_socket(self.path, self.inode)
+
+
+def bind_api(path: Path, *, listen: tuple[str, int] | None = None, token: str | None = None,
+             http: tuple[str, int] | None = None) -> BoundSockets:
+    """Every socket of the API, bound and listening: the Unix socket at ``path``, the token-protected
+    ``listen`` one, the read-only ``http`` one. Raises :class:`ListenError` (no token for ``listen``, a
+    socket that cannot be made) or :class:`DaemonAlreadyRunning`, having closed what it had bound."""
+    if listen is not None:
+        require_token(listen, token)
+    unix = bind_unix_socket(path)
+    bound = BoundSockets(path, unix, -1, None, None)
+    try:
+        bound.inode = os.stat(path).st_ino
+        if listen is not None:
+            bound.tcp = bind_tcp_socket(listen)
+        if http is not None:
+            bound.http = bind_tcp_socket(http, "--http")
+    except BaseException:
+        bound.close()
+        raise
+    return bound

@@ -16,10 +16,11 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any
 
 from supervisor.protocol import ServiceState, StackState
+from supervisor.records import dataclass
 
 if TYPE_CHECKING:
     from supervisor.plan.result import Plan
@@ -143,6 +144,9 @@ def render_metrics(status: StatusPayload, observed: Observed, process: Mapping[s
 
     w.family("qasup_service_up", "gauge", "1 when the service is ready, else 0.",
              per(lambda r: r["state"] == ServiceState.READY))
+    w.family("qasup_service_external", "gauge",
+             "1 when the service runs elsewhere and is only probed from here (external = true, or outside "
+             "up --only), else 0.", per(lambda r: bool(r.get("external"))))
     w.family("qasup_service_state", "gauge", "The service's state: one series per state, 1 for the current one.",
              [((("service", r["name"]), ("state", s.value)), r["state"] == s) for r in rows for s in ServiceState])
     w.family("qasup_service_restarts_total", "counter", "Restarts by the restart policy since the daemon started.",

@@ -12,6 +12,7 @@ reader, which then skips ahead and is told so (:mod:`supervisor.control.streams`
     GET  /metrics                                    the Prometheus text format (supervisor.control.metrics)
     POST /v1/services/NAME/start | stop | restart[?with_dependents=1]   (or body {"with_dependents": true})
     GET  /v1/services/NAME/logs?n=100&follow=1       text/plain; with follow=1 streamed (chunked)
+                                                     (409 for an external service: no log here)
     GET  /v1/events                                  application/x-ndjson, one JSON object a line, streamed
     POST /v1/reload
     POST /v1/shutdown
@@ -43,7 +44,7 @@ from supervisor.control.http import (
 from supervisor.control.metrics import CONTENT_TYPE as METRICS_TYPE
 from supervisor.control.metrics import Observed, render_metrics
 from supervisor.control.streams import StreamBuffer, StreamPool
-from supervisor.protocol import NAME_RE
+from supervisor.protocol import NAME_RE, mask_status
 
 __all__ = ["Routes"]
 
@@ -136,7 +137,7 @@ class Routes:
         payload: dict[str, Any] = dict(self._call_sync(self.controller.status, names))
         if with_plan:
             payload["plan"] = self._call_sync(self.observed.plan)
-        await ch.respond_json(200, payload)
+        await ch.respond_json(200, mask_status(payload), masked=True)
         return True
 
     async def _metrics(self, ch: Channel, req: Request) -> bool:
@@ -192,6 +193,10 @@ class Routes:
             raise Answer(400, f"n must be a whole number from 0 to {self.limits.max_log_lines}, got {raw_n[:40]!r}")
         n = int(raw_n)
         follow = parse_bool(req.query.get("follow", "0"), "follow")
+        row = self._call_sync(self.controller.status, [name])["services"][0]
+        if row.get("external"):   # it runs elsewhere: its log is where it runs (409, as a refusal of the engine)
+            raise Answer(409, f"{name} is external: it runs on another machine, and qasup here only probes it "
+                              f"(no process, no log file); read its log where it runs")
         path = Path(self._call_sync(self.controller.log_path, name))
         if not follow:
             from supervisor.logs.tail import tail_lines  # imported here: only this endpoint needs it

@@ -23,7 +23,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 import anyio
@@ -33,19 +33,22 @@ import h11
 from supervisor.control.controller import Controller
 from supervisor.control.http import BUSY_RESPONSE, Channel, Limits, Reject, client_went_away
 from supervisor.control.listen import (
+    SOCKET_CHECK_EVERY,
+    BoundSockets,
     DaemonAlreadyRunning,
     ListenError,
-    bind_tcp_socket,
+    bind_api,
     bind_unix_socket,
     remove_our_socket,
-    require_token,
 )
 from supervisor.control.metrics import Observed
 from supervisor.control.readonly import ReadOnlyRoutes
 from supervisor.control.routes import Routes
 from supervisor.proc.kernel import out_of_fds, out_of_fds_text
+from supervisor.records import dataclass
 
 __all__ = [
+    "SOCKET_CHECK_EVERY",
     "Controller",
     "DaemonAlreadyRunning",
     "Limits",
@@ -74,9 +77,6 @@ class ServeInfo:
     the folder with inotify)."""
 
 
-SOCKET_CHECK_EVERY = 1.0
-"""Seconds between two looks (one ``stat``) at the socket file: gone (``rm -rf .qasup``) means bound anew."""
-
 
 def _default_log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -92,6 +92,7 @@ async def serve(
     limits: Limits = Limits(),
     http: tuple[str, int] | None = None,
     observed: Observed | None = None,
+    bound: BoundSockets | None = None,
     task_status: anyio.abc.TaskStatus[ServeInfo] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the control API until cancelled; the socket file is removed on exit.
@@ -105,25 +106,24 @@ async def serve(
     one shorter than 20 characters).  ``task_status.started()`` receives a ``ServeInfo`` with the
     actual TCP addresses (useful with port 0).  A socket file (or its folder) deleted while serving is
     noticed within ``SOCKET_CHECK_EVERY`` seconds (or at ``ServeInfo.recheck()``) and made again.
+
+    ``bound``: the sockets :func:`~supervisor.control.listen.bind_api` bound earlier for these arguments
+    (``qasup up`` binds them before any service starts), taken over here; without it, they are bound here.
     """
     socket_path = Path(socket_path)
-    if listen is not None:
-        require_token(listen, token)
-    bound = bind_unix_socket(socket_path)
-    unix_sock: socket.socket | None = bound  # closed here unless a listener owns it
-    tcp_sock: socket.socket | None = None
-    http_sock: socket.socket | None = None
+    if bound is None:
+        bound = bind_api(socket_path, listen=listen, token=token, http=http)
+    bound.taken = True   # from here on, the finally below closes and removes them
+    unix_sock: socket.socket | None = bound.unix  # closed here unless a listener owns it
+    tcp_sock: socket.socket | None = bound.tcp
+    http_sock: socket.socket | None = bound.http
     server = _ApiServer(Routes(controller, log, limits, token, observed), log, limits)
     unix = _UnixSocket(socket_path, server, log)
-    unix.inode = os.stat(socket_path).st_ino
+    unix.inode = bound.inode
     tcp_listener: anyio.abc.SocketListener | None = None
     http_listener: anyio.abc.SocketListener | None = None
     try:
-        if listen is not None:
-            tcp_sock = bind_tcp_socket(listen)
-        if http is not None:
-            http_sock = bind_tcp_socket(http, "--http")
-        unix_listener = await anyio.abc.SocketListener.from_socket(bound)
+        unix_listener = await anyio.abc.SocketListener.from_socket(bound.unix)
         unix_sock = None  # owned by the listener now
         tcp_address = None
         if tcp_sock is not None:

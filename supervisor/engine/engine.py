@@ -26,7 +26,8 @@ from supervisor.engine import progress
 from supervisor.engine import reload as reloading
 from supervisor.engine.errors import Conflict, Unavailable, UnknownService
 from supervisor.engine.events import EventLog
-from supervisor.engine.host import HostContext, ProcessHost, environment_with
+from supervisor.engine.externalhost import hosts_for
+from supervisor.engine.host import HostContext, environment_with
 from supervisor.engine.instance import Neighbour, ServiceHost
 from supervisor.engine.outcome import outcome
 from supervisor.engine.policy import jitter as default_jitter
@@ -77,7 +78,7 @@ class Engine:
             ctx = HostContext(reaper=reaper, echo=echo, say=say, state_dir=self.state_dir,
                               environment=environment_with(DAEMON_VARIABLE, self.daemon_id),
                               resolve=self._resolve_again, daemon_id=self.daemon_id)
-            host = lambda svc: ProcessHost(svc, ctx)  # noqa: E731
+            host = hosts_for(ctx)   # a process host per local service, an ExternalHost per external one
         self._host = host
         self.services: dict[str, Service] = {}
         for name, splan in plan.services.items():
@@ -118,7 +119,7 @@ class Engine:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 for svc in self.services.values():
-                    tg.start_soon(svc.run)
+                    svc.start(tg)   # no task per service: its messages are delivered by the loop
                 tg.start_soon(self._watch_ready)
                 tg.start_soon(progress.report, self, self.notify)
                 await self._all_finished()
@@ -382,7 +383,7 @@ class Engine:
             for unit, splan in change.added:
                 svc = self.services[unit.name] = Service(self, unit, splan, self._host)
                 assert self._tg is not None
-                self._tg.start_soon(svc.run)
+                svc.start(self._tg)
             for name, msg in change.messages:
                 self.services[name].post(msg)
             for svc in self.services.values():

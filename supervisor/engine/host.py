@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +37,7 @@ from supervisor.proc.spawn import unit_credentials
 from supervisor.proc.stop import kill_tree
 from supervisor.readiness.live import build_checks
 from supervisor.readiness.probes import build_probes, why_not_ready
+from supervisor.records import dataclass
 
 if TYPE_CHECKING:
     from supervisor.engine.service import Service
@@ -60,6 +60,7 @@ class HostContext:
 
 class ProcessHost:
     """Runs one service's processes (see the module's docstring)."""
+    external = False   # which kind of host this is (engine.external.fit_host; the other: engine.externalhost)
 
     def __init__(self, svc: Service, ctx: HostContext) -> None:
         self.svc = svc
@@ -184,6 +185,7 @@ class ProcessHost:
         unit = self.ctx.resolve(self.svc, probs)
         if unit is None:
             return self.unit, "; ".join(f"{p.key}: {p.message}" for p in probs.items)
+        unit = self.unit if unit == self.unit else unit   # unchanged: keep one copy (a full environment each)
         self.unit = unit
         self._setup_patterns(unit)
         self.svc.post(m.Resolved(run.inst, unit))

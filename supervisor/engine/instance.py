@@ -5,10 +5,10 @@ tests drive the state machine with a fake one, a fake clock and no processes at 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from supervisor.engine.states import DepVerdict, Hold, ServiceState, StopReason
+from supervisor.records import dataclass
 
 if TYPE_CHECKING:
     import anyio.abc

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING
 
 import anyio
@@ -28,13 +28,15 @@ from supervisor.engine import messages as m
 from supervisor.engine.instance import Instance
 from supervisor.engine.sdnotify import RunNotify
 from supervisor.engine.states import ServiceState
-from supervisor.logs.capture import capture
+from supervisor.logs.capture import PipeReader
+from supervisor.proc.flag import Flag
 from supervisor.proc.pidfile import MainProcess, find_main
 from supervisor.proc.reaper import Child
 from supervisor.proc.stop import terminate, tree_stats
 from supervisor.proc.tree import anything_left
 from supervisor.readiness.live import Check, LiveLog, LiveLoop
 from supervisor.readiness.probes import LogMarker, Probe, wait_ready, why_not_ready
+from supervisor.records import dataclass
 
 if TYPE_CHECKING:
     from supervisor.engine.service import Service
@@ -51,7 +53,7 @@ class Run:
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     child: Child | None = None           # the spawned process (a forking service's launcher)
     main: MainProcess | None = None      # a forking service's daemon, once known
-    main_known: anyio.Event | None = None   # forking only: set once the daemon is known
+    main_known: Flag | None = None       # forking only: set once the daemon is known
     marker: LogMarker | None = None
     probes: list[Probe] = field(default_factory=list)
     live_log: LiveLog | None = None
@@ -59,7 +61,7 @@ class Run:
     notify: RunNotify | None = None      # [ready] notify: the run's NOTIFY_SOCKET and what came on it
     read_fd: int = -1
     stopping: bool = False               # a terminate owns the tree (a stop, or the stop of leftovers)
-    stopped: anyio.Event = field(default_factory=anyio.Event)   # set when that terminate has returned
+    stopped: Flag = field(default_factory=Flag)   # set when that terminate has returned
 
     def main_pid(self) -> int | None:
         """The main process's pid while it runs."""
@@ -96,28 +98,33 @@ class Lifetime:
                  flushes: Sequence[Callable[[], None]], say: Callable[[str], None]) -> None:
         self.svc, self.run, self.unit = svc, run, unit
         self.sinks, self.say = sinks, say
-        self.eof = anyio.Event()
+        self.eof = Flag()
         self.flushes = [*flushes, self.eof.set]
         self.forking = unit.spec.type == "forking"
         self.left_behind: list[int] = []   # what was left running after a natural exit of the main process
         self.failed_start = False          # the run never had a main process of its own
         if self.forking:
-            run.main_known = anyio.Event()
+            run.main_known = Flag()
 
     async def supervise(self) -> tuple[int | None, str | None]:
         run = self.run
         assert run.child is not None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._capture)
-            tg.start_soon(self._readiness)
-            if run.notify is not None:
-                tg.start_soon(run.notify.serve, run.child, run.main_pid)
-            code, failure = await self._main_exit(run.child)
-            await self._leftovers(run.child, drain=failure is None)
-            if failure is None and code == 0 and not self.forking and self.left_behind:
-                failure = daemonized_message(self.left_behind)
-                self.failed_start = True
-            tg.cancel_scope.cancel()
+        # the output is read by a loop callback, not a task: an idle run holds one task (its host's), no more
+        reader = PipeReader(run.read_fd, self.sinks, on_eof=self.flushes, on_sink_error=self._sink_error)
+        reader.start()
+        try:
+            if run.probes or run.main_known is not None or run.notify is not None or self.unit.live is not None:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._readiness)
+                    if run.notify is not None:
+                        tg.start_soon(run.notify.serve, run.child, run.main_pid)
+                    code, failure = await self._until_end(run.child)
+                    tg.cancel_scope.cancel()
+            else:   # nothing to wait for, nothing to watch: ready at the spawn, and no task group to hold
+                self.svc.post(m.Ready(run.inst))
+                code, failure = await self._until_end(run.child)
+        finally:
+            reader.close()   # the rest of the output was read (EOF) or is not waited for any more
         if run.child.forced:
             self.svc.stack.note_forced(self.svc.name)   # a shutdown that had to SIGKILL exits 5
         cgroup = getattr(run.child, "cgroup", None)
@@ -125,6 +132,15 @@ class Lifetime:
             cgroup.remove()   # the run is over: its cgroup goes with it
         if self.failed_start:
             run.inst.pid = None   # there was no main process to speak of: the start failed
+        return code, failure
+
+    async def _until_end(self, child: Child) -> tuple[int | None, str | None]:
+        """The main process's exit, then the output to its end and no process left."""
+        code, failure = await self._main_exit(child)
+        await self._leftovers(child, drain=failure is None)
+        if failure is None and code == 0 and not self.forking and self.left_behind:
+            failure = daemonized_message(self.left_behind)
+            self.failed_start = True
         return code, failure
 
     async def _main_exit(self, child: Child) -> tuple[int | None, str | None]:
@@ -177,13 +193,8 @@ class Lifetime:
         with anyio.move_on_after(DRAIN_AFTER_EXIT):
             await self.eof.wait()
 
-    async def _capture(self) -> None:
-        name = self.svc.name
-
-        def sink_error(sink: Callable[[bytes], None], exc: Exception) -> None:
-            self.say(f"{name}: log output handler failed: {type(exc).__name__}: {exc}")
-
-        await capture(self.run.read_fd, self.sinks, on_eof=self.flushes, on_sink_error=sink_error)
+    def _sink_error(self, sink: Callable[[bytes], None], exc: Exception) -> None:
+        self.say(f"{self.svc.name}: log output handler failed: {type(exc).__name__}: {exc}")
 
     async def _readiness(self) -> None:
         run, unit, post = self.run, self.unit, self.svc.post

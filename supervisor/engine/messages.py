@@ -6,8 +6,9 @@ Messages about one run of the process carry its :class:`Instance`; the runner dr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from supervisor.records import dataclass
 
 if TYPE_CHECKING:
     from supervisor.engine.instance import Instance

@@ -10,9 +10,9 @@ shutdown in which some service had to be SIGKILLed (it outlived its ``[stop] tim
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from supervisor.protocol import Exit
+from supervisor.records import dataclass
 
 __all__ = ["Outcome", "outcome"]
 

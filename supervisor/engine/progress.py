@@ -90,13 +90,23 @@ def pending(engine: Engine) -> list[Service]:
     return []
 
 
+LINE_SERVICES = 12
+"""At most this many services named in one progress line; the rest are counted (``and 988 more``)."""
+
+
 def line(engine: Engine, svcs: Iterable[Service]) -> str:
-    parts = []
+    parts: list[str] = []
+    more = 0
     for s in svcs:
+        if len(parts) >= LINE_SERVICES:
+            more += 1
+            continue
         why = waiting_on(engine, s)
         if why is None:
             continue
         parts.append(f"{s.name} {why}" if s.state in STARTING else f"{s.name}: {why}")
+    if more:
+        parts.append(f"and {more} more (qasup status)")
     return "waiting: " + "; ".join(parts)
 
 

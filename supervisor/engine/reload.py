@@ -4,7 +4,7 @@ restart (their resolved unit or plan changed), which to remove. The engine appli
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING
 
 from supervisor.engine import messages as m
@@ -12,6 +12,7 @@ from supervisor.engine.errors import Rejected, ReloadRejected
 from supervisor.errors import Problems
 from supervisor.plan.resolve import ReadyChecks, ResolvedUnit, resolve_unit
 from supervisor.plan.result import Plan, ServicePlan
+from supervisor.records import dataclass
 
 if TYPE_CHECKING:
     from supervisor.engine.service import Service

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING
 
 from supervisor.proc.notify import NotifySocket
 from supervisor.proc.tree import members
 from supervisor.readiness.probes import NotifyReady, Probe
+from supervisor.records import dataclass
 
 if TYPE_CHECKING:
     from supervisor.proc.reaper import Child

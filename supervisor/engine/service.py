@@ -13,8 +13,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.abc
 
-from supervisor.engine import exits, liveness, requests
+from supervisor.engine import exits, external, liveness, requests
 from supervisor.engine import messages as m
 from supervisor.engine.counters import ServiceCounters, wall_time
 from supervisor.engine.instance import Instance, ServiceHost, StackView
@@ -63,6 +64,7 @@ class Service:
         self._changed: anyio.Event | None = None
         self.done = False                     # the runner has returned
         self.removed = False
+        self.make_host = host                 # a reload may make it external, or local again (external.fit_host)
         self.host = host(self)
 
     # ------------------------------------------------------------------ helpers
@@ -103,26 +105,32 @@ class Service:
 
     # ------------------------------------------------------------------ the runner
 
+    def start(self, tg: anyio.abc.TaskGroup) -> None:
+        """Start the runner: the event loop delivers the mailbox's messages to :meth:`step`, and the host runs
+        its tasks in ``tg`` (the stack's group). No task of the service's own: an idle service holds none, a
+        running one only its run's (a task is ~3 KiB, and a stack holds hundreds of services)."""
+        self.host.bind(tg)
+        self.mailbox.deliver_to(self.step)
+        self.post(m.Poke())
+
     async def run(self) -> None:
+        """The runner as a task of its own, until it has nothing left to do (:meth:`start`, then wait)."""
         async with anyio.create_task_group() as tg:
-            self.host.bind(tg)
-            self.post(m.Poke())
-            try:
-                while True:
-                    msg = await self.mailbox.get()
-                    try:
-                        self.handle(msg)
-                    except Exception as e:  # a bug must not take the stack down silently
-                        self.stack.say(f"{self.name}: internal error handling {type(msg).__name__}: "
-                                       f"{type(e).__name__}: {e}")
-                    if self.finished_running():
-                        break
-            finally:
-                self.mailbox.close()   # later messages are dropped
-            tg.cancel_scope.cancel()
-        self.done = True
-        if self._finished is not None:
-            self._finished.set()
+            self.start(tg)
+            await self.finished.wait()
+
+    def step(self, msg: m.Message) -> None:
+        """Handle one message; the runner ends once it has nothing left to do (later messages are dropped)."""
+        try:
+            self.handle(msg)
+        except Exception as e:  # a bug must not take the stack down silently
+            self.stack.say(f"{self.name}: internal error handling {type(msg).__name__}: "
+                           f"{type(e).__name__}: {e}")
+        if self.finished_running() and not self.done:
+            self.mailbox.close()
+            self.done = True
+            if self._finished is not None:
+                self._finished.set()
 
     def finished_running(self) -> bool:
         """Whether the runner has nothing left to do (the stack stops, or the unit was removed)."""
@@ -148,7 +156,8 @@ class Service:
                 self._on_rule(inst, idx, line, before)
             case m.LiveFailed(inst=inst, failures=failures, why=why):
                 streak = self.live_failures
-                liveness.live_failed(self, inst, failures, why)
+                if not (self.unit.external and external.live_failed(self, inst, failures, why)):
+                    liveness.live_failed(self, inst, failures, why)
                 self.counters.live_failed(streak, self.live_failures)
             case m.LiveRecovered(inst=inst):
                 liveness.live_recovered(self, inst)
@@ -178,6 +187,9 @@ class Service:
         """Decide what to do now: start, keep waiting, fail because of a dependency, or stop for one."""
         stack = self.stack
         if self.state == S.DISABLED and not self.removed:
+            return
+        if self.unit.external:   # runs elsewhere: probed whatever its own dependencies do
+            external.evaluate(self)
             return
         if stack.shutting_down or self.removed:
             if self.inst is None:
@@ -216,14 +228,16 @@ class Service:
 
     # ------------------------------------------------------------------ start
 
-    def launch(self) -> None:
+    def launch(self, message: str | None = None, state: ServiceState | None = None) -> None:
+        external.fit_host(self, self.make_host)
         self.instances += 1
         inst = Instance(self.instances)
         self.inst = inst
         self.exit_code = None
         self.live_failures = 0
         liveness.note_peers(self, self.stack.restart_with(self.name))
-        self.set_state(S.PREPARING if self.spec.prepare else S.STARTING)
+        self.set_state(state or (S.PREPARING if self.spec.prepare and not self.unit.external else S.STARTING),
+                       message)
         self.host.launch(inst)
 
     def take_unit(self, unit: ResolvedUnit) -> None:
@@ -251,6 +265,9 @@ class Service:
 
     def _on_ready_timeout(self, inst: Instance, why: str) -> None:
         if inst.terminating:
+            return
+        if self.unit.external:   # a remote service may come later: said once, and it keeps probing
+            external.ready_timeout(self, inst, why)
             return
         msg = f"not ready within {self.unit.ready.timeout:g}s: {why}"
         self.last_error = msg
@@ -332,4 +349,4 @@ class Service:
                               gpu=self.splan.env.get("CUDA_VISIBLE_DEVICES"),
                               state_since=wall_time(self.state_since, now), ready_timeout_s=self.unit.ready.timeout,
                               counters=self.counters.to_json(), waiting_on=waiting_on,
-                              notify=self._notify_text(inst))
+                              notify=self._notify_text(inst), external=self.unit.external)

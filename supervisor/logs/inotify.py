@@ -14,8 +14,9 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
-from dataclasses import dataclass
 from typing import Final
+
+from supervisor.records import dataclass
 
 IN_ACCESS: Final = 0x00000001
 IN_MODIFY: Final = 0x00000002

@@ -17,7 +17,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from supervisor.config.patterns import (
     PYTHON_ONLY,
@@ -34,6 +34,10 @@ from supervisor.config.patterns import (
 from .limits import MAX_LINE
 
 _HS_PAD: Final = 16
+_HS_CACHE_SIZE: Final = 64
+_HS_CACHE: dict[tuple[tuple[int, bytes], ...], tuple[Any, tuple[int, ...], dict[int, str]]] = {}
+"""Compiled databases by their sources (each service compiles its rules once, and services with the same rules
+share one); a database is only read by scans, all on the event loop's thread. Bounded (oldest out)."""
 _NL: Final = b"\n"
 
 
@@ -110,10 +114,10 @@ class PatternSet:
         return [((i,), self._lines[i].regex) for i in ids]
 
     def _compile_hyperscan(self, hs: ModuleType, sources: list[bytes]) -> list[int]:
-        """Compile the patterns Hyperscan accepts (each tried alone) into one block-mode database."""
-        accepted: list[int] = []
+        """Compile the patterns Hyperscan accepts into one block-mode database: all at once (one compile, the
+        common case), each alone only when that fails, to find the ones it refuses. A database is shared by
+        every set of the same sources (services with the same rules, each restart of a service)."""
         hs_sources: dict[int, bytes] = {}
-        flags = hs.HS_FLAG_MULTILINE
         for i, src in enumerate(sources):
             unsafe = next((s for s in PYTHON_ONLY if s in src), None)
             if unsafe is not None:
@@ -126,20 +130,46 @@ class PatternSet:
             if can_match_empty(self._lines[i].python):
                 self.fallback_reasons[i] = "can match an empty string, which Hyperscan never reports"
                 continue
-            try:
-                probe = hs.Database(mode=hs.HS_MODE_BLOCK)
-                probe.compile(expressions=[hs_src], flags=flags)
-            except hs.error as exc:
-                self.fallback_reasons[i] = str(exc) or type(exc).__name__
-            else:
-                accepted.append(i)
-                hs_sources[i] = hs_src
-        if accepted:
-            db = hs.Database(mode=hs.HS_MODE_BLOCK)
-            db.compile(expressions=[hs_sources[i] for i in accepted], ids=accepted,
-                       flags=[flags] * len(accepted))
-            self._db = db
+            hs_sources[i] = hs_src
+        key = tuple(hs_sources.items())
+        cached = _HS_CACHE.get(key)
+        if cached is not None:
+            self._db, known, known_refused = cached
+            self.fallback_reasons.update(known_refused)
+            return list(known)
+        accepted = list(hs_sources)
+        refused: dict[int, str] = {}
+        db = self._hs_database(hs, accepted, hs_sources) if accepted else None
+        if db is None and accepted:   # some pattern is refused: find which, alone
+            ok = []
+            for i in accepted:
+                try:
+                    self._hs_database(hs, [i], hs_sources, raise_errors=True)
+                except hs.error as exc:
+                    refused[i] = str(exc) or type(exc).__name__
+                else:
+                    ok.append(i)
+            accepted = ok
+            db = self._hs_database(hs, accepted, hs_sources, raise_errors=True) if accepted else None
+        if len(_HS_CACHE) >= _HS_CACHE_SIZE:
+            _HS_CACHE.pop(next(iter(_HS_CACHE)))
+        _HS_CACHE[key] = (db, tuple(accepted), refused)
+        self.fallback_reasons.update(refused)
+        self._db = db
         return accepted
+
+    @staticmethod
+    def _hs_database(hs: ModuleType, ids: list[int], hs_sources: dict[int, bytes],
+                     raise_errors: bool = False) -> _HyperscanDatabase | None:
+        db = hs.Database(mode=hs.HS_MODE_BLOCK)
+        try:
+            db.compile(expressions=[hs_sources[i] for i in ids], ids=ids,
+                       flags=[hs.HS_FLAG_MULTILINE] * len(ids))
+        except hs.error:
+            if raise_errors:
+                raise
+            return None
+        return db
 
     def line_matches(self, pattern_id: int, line: bytes) -> bool:
         """Whether pattern `pattern_id` matches `line` (the reference semantics, in linear time)."""

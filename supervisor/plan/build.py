@@ -24,11 +24,12 @@ from supervisor.config.safefile import MAX_FILE_BYTES, FileRefused
 from supervisor.config.spec import Config, StackSpec
 from supervisor.errors import Problems
 from supervisor.plan import stages
+from supervisor.plan import subset as subsets
 from supervisor.plan.dropins import apply_conditionals
 from supervisor.plan.gpu import GpuInfo
-from supervisor.plan.qanything import PlanInputs, decide
+from supervisor.plan.qanything_inputs import PlanInputs
 from supervisor.plan.resolve import expand_banner
-from supervisor.plan.result import Plan
+from supervisor.plan.result import Plan, Subset
 
 __all__ = ["make_plan", "needs_gpu_inventory", "plan_inputs", "uses_rules"]
 
@@ -76,16 +77,23 @@ def user_ip(stack: StackSpec, environ: Mapping[str, str], probs: Problems | None
 
 def make_plan(config: Config, overrides: Mapping[str, object], gpus: Sequence[GpuInfo], probs: Problems,
               environ: Mapping[str, str] | None = None, check_paths: bool = True,
-              notes: Sequence[str] = ()) -> Plan:
+              notes: Sequence[str] = (), subset: Subset | None = None) -> Plan:
     """Build the plan. Configuration problems go to ``probs`` (exit 2); infeasibility is in the result (exit 1).
-    ``notes`` are added to the plan's messages when QAnything's rules are used.
+    ``notes`` are added to the plan's messages when QAnything's rules are used. ``subset``: the part of the stack
+    this machine runs (``--only``/``--except``, :mod:`supervisor.plan.subset`); the GPU stages see only it.
 
-    Raises :class:`supervisor.plan.qanything.PlanInputError` for invalid inputs (flags or [plan] values).
+    Raises :class:`supervisor.plan.qanything.PlanInputError` for invalid inputs (flags or [plan] values), and
+    :class:`supervisor.plan.subset.SubsetError` for a bad subset.
     """
+    subset = subset or Subset()
     environ = dict(os.environ) if environ is None else environ
     stack = config.stack
     inputs = plan_inputs(config, overrides)
-    outcome = decide(inputs, gpus) if uses_rules(config, overrides) else None
+    outcome = None
+    if uses_rules(config, overrides):   # a stack without them never imports QAnything's rules
+        from supervisor.plan.qanything import decide
+
+        outcome = decide(inputs, gpus)
     errors: list[str] = []
     messages: list[str] = list(outcome.messages) if outcome else []
     if outcome is not None and not outcome.feasible and outcome.error:
@@ -104,6 +112,7 @@ def make_plan(config: Config, overrides: Mapping[str, object], gpus: Sequence[Gp
                     if d.applied and d.file == off and not s.enabled), s.reason)
         services[name] = dataclasses.replace(s, dropins=uses, reason=why)
     wiring = stages.wire(config, services, probs)
+    config, wiring, _ = subsets.apply(subset, config, services, wiring, probs, messages)
     loaders = stages.gpu_loaders(services)
     memory_errors, memory_messages = stages.check_free_memory(loaders, services, gpus)
     errors += memory_errors
@@ -124,4 +133,4 @@ def make_plan(config: Config, overrides: Mapping[str, object], gpus: Sequence[Gp
                 error="; ".join(errors) or None, messages=tuple(messages), env=MappingProxyType(env_out),
                 facts=MappingProxyType(dict(facts)), services=MappingProxyType(services), graph=graph,
                 gpu_edges=gpu_edges, resolved=MappingProxyType(resolved), banner=banner,
-                lookup_extra=MappingProxyType(lookup_extra))
+                lookup_extra=MappingProxyType(lookup_extra), subset=subset)

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
 from supervisor.config.conditional import unit_with
 from supervisor.config.spec import Config, UnitSpec
 from supervisor.errors import Problems
+from supervisor.records import dataclass
 
 __all__ = ["DropinUse", "apply_conditionals", "match_facts"]
 

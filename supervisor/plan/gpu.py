@@ -20,9 +20,10 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
+
+from supervisor.records import dataclass
 
 __all__ = [
     "GpuInfo",

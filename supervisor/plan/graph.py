@@ -10,7 +10,9 @@ provider before the graph is built.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from supervisor.records import dataclass
 
 
 @dataclass(frozen=True)

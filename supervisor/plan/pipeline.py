@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from types import MappingProxyType
 
@@ -29,9 +29,11 @@ from supervisor.config.stack import check_socket_path
 from supervisor.errors import ConfigError, Problems
 from supervisor.plan import gpu
 from supervisor.plan.build import make_plan, needs_gpu_inventory
-from supervisor.plan.qanything import PlanInputError
+from supervisor.plan.qanything_inputs import PlanInputError
 from supervisor.plan.result import Plan
+from supervisor.plan.subset import SubsetError, subset_from
 from supervisor.protocol import SOCKET_ENV
+from supervisor.records import dataclass
 
 __all__ = ["PlanRequest", "UsageError", "inventory_stage", "load_plan", "load_stage", "plan_stage"]
 
@@ -55,6 +57,8 @@ class PlanRequest:
     environ: Mapping[str, str] | None = None   # QASUP_GPUS and ${NAME}; None: os.environ when planned
     cwd: Path | None = None         # where the stack is looked for; None: the current folder when planned
     socket: Path | None = None      # --socket; None: $QASUP_SOCKET, else <state_dir>/qasup.sock (length checked)
+    only: tuple[str, ...] = ()      # --only: the units this machine runs (both empty: $QASUP_ONLY/$QASUP_EXCEPT)
+    exclude: tuple[str, ...] = ()   # --except: the units it does not run
 
 
 def load_plan(request: PlanRequest) -> Plan:
@@ -105,9 +109,10 @@ def plan_stage(request: PlanRequest, config: Config, inventory: gpu.Inventory, p
     if request.socket is None and not environ.get(SOCKET_ENV):
         check_socket_path(config.stack, probs)
     try:
+        subset = subset_from(request.only, request.exclude, environ)
         plan = make_plan(config, request.overrides, inventory.gpus, probs, environ=environ,
-                         check_paths=request.check_paths, notes=notes)
-    except PlanInputError as e:
+                         check_paths=request.check_paths, notes=notes, subset=subset)
+    except (PlanInputError, SubsetError) as e:
         raise UsageError(str(e)) from None
     probs.raise_if_any()
     return plan

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from supervisor.config.facts import BACKENDS, LLM_APIS, TENSOR_PARALLEL_SIZES, WHEN_FACTS
 from supervisor.plan.gpu import GpuInfo
 from supervisor.plan.qanything_inputs import PlanInputError, PlanInputs, format_float, validate
 from supervisor.plan.vram import MIN_MEMORY_MIB, VramVerdict, tensor_parallel_check, too_small, vram_table
+from supervisor.records import dataclass
 
 __all__ = [
     "BACKENDS",

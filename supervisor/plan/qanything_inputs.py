@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
-from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from supervisor.config.facts import BACKENDS, LLM_APIS, TENSOR_PARALLEL_SIZES
+from supervisor.records import dataclass
+
+if TYPE_CHECKING:
+    from decimal import Decimal
 
 __all__ = ["PlanInputError", "PlanInputs", "ValidInputs", "format_float", "validate"]
 
@@ -143,6 +146,8 @@ def _validate_model_size(text: str, llm_api: str, backend: str) -> tuple[str, De
             )
     if not _MODEL_SIZE_RE.match(raw):
         raise PlanInputError("-s/--model-size", f'"{text.strip()}" is not a model size like 1.8B, 3B or 7B')
+    from decimal import Decimal  # here: only QAnything's rules need it (vram.py imports it too)
+
     size = Decimal(raw[:-1])
     if llm_api == "cloud" and size != 0:
         raise PlanInputError(

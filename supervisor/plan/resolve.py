@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from supervisor.config import dotenv
+from supervisor.config.patterns import PatternError, compile_line_pattern
 from supervisor.config.safefile import MAX_FILE_BYTES, FileRefused
 from supervisor.config.spec import HttpCheck, LiveSpec, LogRule, ReadySpec, StackSpec, UnitSpec
 from supervisor.errors import Problems
 from supervisor.protocol import parse_hostport
+from supervisor.records import dataclass
 
 _VAR = re.compile(r"\$(\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
 
@@ -88,6 +90,7 @@ class ResolvedUnit:
     rules: tuple[LogRule, ...]            # messages expanded
     cuda_visible_devices: str | None = None
     live: LiveChecks | None = None        # [live], expanded
+    external: bool = False                # runs elsewhere (`external = true`, or outside `up --only`): probes only
 
     @property
     def name(self) -> str:
@@ -168,7 +171,8 @@ def resolve_unit_anyway(stack: StackSpec, unit: UnitSpec, plan_env: Mapping[str,
 
     argv = tuple(x(a, "command", lookup) for a in unit.command)
     cwd = stack.path(x(unit.cwd, "cwd", lookup)) if unit.cwd else stack.root
-    log_file = (stack.path(x(unit.log.file, "log.file", lookup)) if unit.log.file
+    # An external unit's log file is the would-be default path: nothing writes it (no process runs here).
+    log_file = (stack.path(x(unit.log.file, "log.file", lookup)) if unit.log.file and not unit.external
                 else stack.path(stack.log_dir) / f"{unit.name}.log")
     tail = tuple(stack.path(x(t, "log.tail", lookup)) for t in unit.log.tail)
     req_paths = tuple(stack.path(x(p, "requires_paths", lookup)) for p in unit.requires_paths)
@@ -190,11 +194,13 @@ def resolve_unit_anyway(stack: StackSpec, unit: UnitSpec, plan_env: Mapping[str,
             msg = x(msg, f"on_log[{i}].message", lookup)
         rules.append(LogRule(rule.match, rule.action, rule.count, rule.within, rule.context, msg))
 
+    if unit.external:   # runs elsewhere: its probes only (its spec has no command, log, prepare, GPU or paths)
+        gpu_env = {}
     proc_env = {**env0, **files, **unit_env, **gpu_env, "QASUP_SERVICE": unit.name}
     return ResolvedUnit(
         spec=unit, argv=argv, cwd=cwd, env=proc_env, log_file=log_file, tail=tail, requires_paths=req_paths,
         prepare_argv=prep_argv, prepare_paths=prep_paths or (), ready=ready, rules=tuple(rules),
-        cuda_visible_devices=gpu_env.get("CUDA_VISIBLE_DEVICES"), live=live)
+        cuda_visible_devices=gpu_env.get("CUDA_VISIBLE_DEVICES"), live=live, external=unit.external)
 
 
 def _checks(unit: UnitSpec, table: str, r: ReadySpec | LiveSpec, lookup: Mapping[str, str],
@@ -202,8 +208,15 @@ def _checks(unit: UnitSpec, table: str, r: ReadySpec | LiveSpec, lookup: Mapping
     """``[ready]`` or ``[live]`` with its ``${NAME}`` expanded (``timeout``/``interval`` as written)."""
     http = None
     if r.http:
-        http = HttpCheck(x(r.http.url, f"{table}.http.url", lookup), r.http.method,
-                         x(r.http.expect, f"{table}.http.expect", lookup) if r.http.expect else None)
+        url = x(r.http.url, f"{table}.http.url", lookup)
+        n_before = len(probs.items)
+        expect = x(r.http.expect, f"{table}.http.expect", lookup) if r.http.expect else None
+        if expect is not None and len(probs.items) == n_before:
+            try:   # expanded: the pattern the probe searches bodies for, with the log patterns' linear-time rules
+                compile_line_pattern(expect)
+            except (PatternError, OverflowError, RecursionError) as e:
+                probs.add(unit.file_of(f"{table}.http.expect"), f"{table}.http.expect", str(e))
+        http = HttpCheck(url, r.http.method, expect)
     tcp = None
     if r.tcp:
         n_before = len(probs.items)
@@ -217,6 +230,27 @@ def _checks(unit: UnitSpec, table: str, r: ReadySpec | LiveSpec, lookup: Mapping
         log=r.log, http=http, tcp=tcp,
         exec=tuple(x(a, f"{table}.exec", lookup) for a in r.exec) if r.exec else None,
         mode=r.mode, timeout=r.timeout, interval=r.interval, notify=isinstance(r, ReadySpec) and r.notify)
+
+
+def describe_checks(checks: ReadyChecks) -> str:
+    """A probe in words, as ``plan`` and ``status`` show what an external unit is waited on by:
+    ``http POST http://10.0.0.5:7800/list_models``, ``tcp 10.0.0.7:8776``, ``exec curl -sf URL``; several
+    joined by ``and`` (mode all) or ``or`` (mode any)."""
+    parts: list[str] = []
+    if checks.http is not None:
+        h = checks.http
+        method = "" if h.method == "GET" else f"{h.method} "
+        parts.append(f"http {method}{h.url}" + (f" (body matching {h.expect!r})" if h.expect else ""))
+    if checks.tcp is not None:
+        host, port = checks.tcp
+        parts.append(f"tcp [{host}]:{port}" if ":" in host else f"tcp {host}:{port}")
+    if checks.exec is not None:
+        parts.append(f"exec {shlex.join(checks.exec)}")
+    if checks.log is not None:
+        parts.append(f"log {checks.log!r}")
+    if checks.notify:
+        parts.append("sd_notify READY=1")
+    return (" or " if checks.mode == "any" else " and ").join(parts) or "no check"
 
 
 def expand_banner(stack: StackSpec, plan_env: Mapping[str, str], probs: Problems,

@@ -19,18 +19,22 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from supervisor.config.spec import Config, UnitSpec
 from supervisor.errors import Problems
 from supervisor.plan.dropins import match_facts
 from supervisor.plan.gpu import GpuInfo
 from supervisor.plan.graph import Graph
-from supervisor.plan.qanything import PlanInputs, PlanOutcome
+from supervisor.plan.qanything_inputs import PlanInputs
 from supervisor.plan.resolve import ResolvedUnit, resolve_unit_anyway
-from supervisor.plan.result import ServicePlan
+from supervisor.plan.result import HERE, ServicePlan
+from supervisor.records import dataclass
+
+if TYPE_CHECKING:
+    from supervisor.plan.qanything import PlanOutcome
 
 __all__ = ["GpuIds", "Wiring", "check_free_memory", "check_log_files", "gpu_ids", "match_when", "order_gpu_loaders",
            "resolve_enabled", "select_services", "wire", "with_waves"]
@@ -90,7 +94,8 @@ def select_services(config: Config, facts: Mapping[str, object], ids: GpuIds) ->
             # NVML numbers GPUs in PCI order; CUDA, by default, fastest first: make them agree
             genv["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
             genv["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gids))
-        services[name] = ServicePlan(name, ok, reason, gpu_ids=gids, env=genv, vram_mib=u.vram_mib)
+        services[name] = ServicePlan(name, ok, reason, gpu_ids=gids, env=genv, vram_mib=u.vram_mib,
+                                     placement=HERE if ok else None)   # --only/--except: plan/subset.py
     return services
 
 
@@ -256,7 +261,8 @@ def resolve_enabled(config: Config, services: Mapping[str, ServicePlan], plan_en
         r = resolve_unit_anyway(config.stack, config.units[n], plan_env, services[n].env, probs, environ,
                                 env_out, env_cache)
         bad = {p.key for p in probs.items[n0:]}   # a path that could not be expanded is not compared
-        logs[n] = (None if "log.file" in bad else r.log_file, () if "log.tail" in bad else r.tail)
+        if not r.external:   # an external unit's log file is only a would-be path: nothing writes it
+            logs[n] = (None if "log.file" in bad else r.log_file, () if "log.tail" in bad else r.tail)
         if bad:
             continue
         resolved[n] = r

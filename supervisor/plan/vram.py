@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from decimal import Decimal
 
 from supervisor.plan.gpu import GpuInfo
 from supervisor.plan.qanything_inputs import format_float
+from supervisor.records import dataclass
 
 __all__ = ["MIN_MEMORY_MIB", "VramVerdict", "tensor_parallel_check", "too_small", "vram_table"]
 

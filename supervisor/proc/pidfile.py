@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -22,6 +21,7 @@ import anyio
 from supervisor.proc.proctable import read_stat
 from supervisor.proc.reaper import Child
 from supervisor.proc.tree import member_stats
+from supervisor.records import dataclass
 
 __all__ = ["MainProcess", "find_main", "read_pid_file", "wait_exit"]
 

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import re
 import zlib
 from typing import Any
 
 import anyio
 
+from supervisor.config.patterns import LinePattern, compile_line_pattern
 from supervisor.readiness.base import Polled
 
 BODY_LIMIT = 64 * 1024      # body bytes one try reads at most (before and after content decoding)
@@ -36,10 +36,12 @@ _HEADERS = {"Accept-Encoding": "identity"}
 
 
 class BodyPrefix:
-    """The first ``BODY_LIMIT`` bytes of a body, decoded to text and searched for ``pattern`` as they come."""
+    """The first ``BODY_LIMIT`` bytes of a body, decoded to text and searched for ``pattern`` as they come (with
+    the log patterns' linear-time engine: a pattern built to backtrack cannot stall the daemon on a 64 KiB body;
+    ``^ $`` match at every line start and end)."""
 
-    def __init__(self, pattern: re.Pattern[str], charset: str = "utf-8", encoding: str = "identity") -> None:
-        self.pattern = pattern
+    def __init__(self, pattern: LinePattern | str, charset: str = "utf-8", encoding: str = "identity") -> None:
+        self.pattern = compile_line_pattern(pattern) if isinstance(pattern, str) else pattern
         self.raw = 0           # body bytes taken, as sent (at most BODY_LIMIT)
         self.size = 0          # bytes after content decoding (at most BODY_LIMIT)
         self.full = False      # a limit was reached: the probe wants no more
@@ -65,7 +67,7 @@ class BodyPrefix:
 
     def search(self, now: float = 0.0) -> bool:
         self._searched, self._last = len(self.text), now
-        return self.pattern.search(self.text) is not None
+        return self.pattern.search_text(self.text.encode("utf-8", "surrogateescape"))
 
     def finish(self) -> bool:
         """The body ended (or the try's time did): search what came, a last time."""
@@ -99,7 +101,9 @@ class HttpProbe(Polled):
     def __init__(self, url: str, method: str, expect: str | None, interval: float) -> None:
         super().__init__(interval)
         self.url, self.method = url, method
-        self.expect = re.compile(expect) if expect else None
+        # checked at plan time (plan/resolve.py): a pattern the linear-time engine refuses never gets here
+        self.expect = compile_line_pattern(expect) if expect else None
+        self.expect_source = expect or ""
         self.try_limit = max(interval, MIN_TRY_S)
         self._client: Any = None   # an httpx.AsyncClient, made at the first try (httpx is imported then)
 
@@ -149,7 +153,7 @@ class HttpProbe(Polled):
                 return f"{where} answered {code} with a body that is not valid {encoding}: {e}"
             if body.finish():
                 return None
-            pattern = self.expect.pattern
+            pattern = self.expect_source
             if body.full:
                 return (f"{where} answered {code}, but {pattern!r} was not in the first {BODY_LIMIT // 1024} KiB "
                         f"of its body (the probe reads no further)")
@@ -161,7 +165,7 @@ class HttpProbe(Polled):
             return f"{where}: no status line and headers within {limit} (the probe's time limit per try)"
         if self.expect is None or got.body is None:
             return f"{where} answered {got.status}, but the try did not end within {limit}"
-        return (f"{where} answered {got.status}, but {self.expect.pattern!r} was not in the {got.body.raw} "
+        return (f"{where} answered {got.status}, but {self.expect_source!r} was not in the {got.body.raw} "
                 f"bytes of body that came within {limit} (the probe's time limit per try)")
 
     async def aclose(self) -> None:
