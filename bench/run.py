@@ -95,6 +95,48 @@ def find_python(explicit: str | None) -> str:
              f"QASUP_PYTHON to the project's venv python")
 
 
+def cgroup_move_cost() -> str:
+    """One task move between two cgroups after 0.3 s of idle, median of 5: a whole RCU grace period on kernels
+    whose cgroup2 root is not mounted with ``favordynmods`` (docs/processes.md), ~0.3 ms where it is. It is the
+    cost a restart pays with cgroups, and the mount options do not always show the setting, so it is measured."""
+    import statistics
+
+    base = next((b for b in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
+                 if os.path.exists(os.path.join(b, "cgroup.procs"))
+                 and "cgroup2" in Path("/proc/mounts").read_text().split(b, 1)[-1].split("\n", 1)[0]), None)
+    if base is None:
+        return "n/a (no cgroup2 mount)"
+    made = [os.path.join(base, f"qasup-bench-move-{os.getpid()}-{i}") for i in (0, 1)]
+    child = None
+    try:
+        for d in made:
+            os.mkdir(d)
+        child = subprocess.Popen(["sleep", "30"])
+        took = []
+        for i in range(5):
+            time.sleep(0.3)
+            t0 = time.perf_counter()
+            with open(os.path.join(made[i % 2], "cgroup.procs"), "w") as f:
+                f.write(str(child.pid))
+            took.append((time.perf_counter() - t0) * 1000)
+        return f"{statistics.median(took):.2f} ms (one move after 0.3 s idle, median of 5)"
+    except OSError as e:
+        return f"n/a ({e.strerror or e})"
+    finally:
+        if child is not None:
+            child.kill()
+            child.wait()
+        for d in made:
+            for _ in range(50):
+                try:
+                    os.rmdir(d)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.02)
+
+
 def machine(python: str, sd_version: str) -> dict[str, str]:
     cpu = "unknown"
     try:
@@ -122,6 +164,7 @@ def machine(python: str, sd_version: str) -> dict[str, str]:
         "nproc": str(os.cpu_count()), "cpu": cpu, "memory": mem,
         "kernel": f"{platform.system()} {platform.release()}", "python": pyver,
         "qasup": f"{qv} (git {rev}{' + uncommitted changes' if dirty else ''})", "supervisord": sd_version,
+        "cgroup task move (the cost a restart pays with cgroups)": cgroup_move_cost(),
         "load average at start": "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg()),
     }
 

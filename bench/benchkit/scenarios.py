@@ -232,6 +232,23 @@ def s2_marker_latency(ctx: Ctx, res: Result, duration: float) -> None:
 
 # ---------------------------------------------------------------------------------------------- 3
 
+def settle(d: Daemon, timeout: float) -> None:
+    """Wait until the daemon is done starting, so that a burst measures capture, not start-up: qasup imports its
+    control server once the first wave is spawned (the burst's stand-in opens its gate at once), so its socket
+    answering is the mark; supervisord is done once the program is RUNNING."""
+    if isinstance(d, Supervisord):
+        d.wait_all_running(1, timeout)
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        code, _, _ = d.status()
+        if code in (0, 3):   # the daemon answered (3: the burst service is not ready: it has no readiness check)
+            return
+        if time.monotonic() > deadline:
+            raise WaitTimeout(f"qasup's control socket did not answer within {timeout:g}s")
+        time.sleep(0.01)
+
+
 def open_gate(fifo: Path, timeout: float, just_before: Callable[[], None] = lambda: None) -> float:
     """Wait until the stand-in has the FIFO open, call ``just_before``, then release the stand-in; returns the
     wall time of the release."""
@@ -294,6 +311,7 @@ def s3_burst(ctx: Ctx, res: Result, round_no: int, reps: int = 2) -> None:
 
         def run(d: Daemon = d, who: str = who, fifo: Path = fifo) -> None:
             d.start()
+            settle(d, 20)   # a daemon in its steady state: qasup finishes its start-up after the first spawn
             os.sync()   # no write-back of earlier files during the measurement
             ticks0: list[int] = []
             t0 = open_gate(fifo, 20, lambda: ticks0.append(cpu_ticks(d.pid)))
