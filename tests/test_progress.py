@@ -110,8 +110,11 @@ def test_status_watch_redraws_in_place_under_a_pty_and_ends_quietly_on_ctrl_c(st
     u.wait_state("slow", "starting")
     master, slave = pty.openpty()
     env = {k: v for k, v in os.environ.items() if k != "QASUP_SOCKET"}
+    # SIGINT back to its default in the child: a test run started in the background by a non-interactive shell
+    # (`.ci/run &`) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler at all
     proc = subprocess.Popen([PY, "-m", "supervisor", "status", "--watch"], cwd=tmp_path, env=env,
-                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.close(slave)
     try:
         clear = b"\x1b[H\x1b[2J"
@@ -123,8 +126,7 @@ def test_status_watch_redraws_in_place_under_a_pty_and_ends_quietly_on_ctrl_c(st
                             and b"(every 1s" in b.split(clear)[-1], 15)
         assert seen.count(clear) >= 2
         os.killpg(proc.pid, signal.SIGINT)
-        # keep reading while it exits, as a terminal does: a pty nobody reads fills up, and then the program's
-        # last write (its exit flushes stdout) would block for good
+        # keep reading while it exits, as a terminal does (a pty nobody reads would fill up and block its writes)
         seen += _read_until(master, lambda b: proc.poll() is not None, 15)
         assert proc.wait(5) == 130
         seen += _drain(master)
