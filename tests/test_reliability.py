@@ -143,15 +143,11 @@ def _status_doc(path: Path) -> dict:
 
 
 def _status_ok(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(5)
-        s.connect(str(path))
-        s.sendall(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return head.startswith(b"HTTP/1.1 200") and json.loads(body)["stack"]["state"] in ("ready", "starting")
+    try:
+        doc = _status_doc(path)
+    except ValueError:   # not a 200
+        return False
+    return doc["stack"]["state"] in ("ready", "starting")
 
 
 def _send(path: Path, payload: bytes) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from supervisor.engine.liveness import LIVENESS
 from supervisor.engine.states import Hold, ServiceState, StopReason
 from supervisor.plan.resolve import describe_checks
 
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 __all__ = ["evaluate", "fit_host", "live_failed", "ready_timeout"]
 
 S = ServiceState
-LIVENESS = "liveness: "   # the prefix of a liveness failure in last_error (as engine.liveness)
 
 
 class Service(Protocol):

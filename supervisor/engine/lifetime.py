@@ -109,9 +109,9 @@ class Lifetime:
     async def supervise(self) -> tuple[int | None, str | None]:
         run = self.run
         assert run.child is not None
-        # The output is read by a task of its own (logs.capture.capture). A loop reader callback
-        # (logs.capture.PipeReader) would save that task's ~3 KiB per running service, but it measured 20-25 %
-        # slower on the 94 MB burst (bench scenario 3, A/B in one run): the task stays, the reader is kept for later.
+        # The output is read by a task of its own (logs.capture.capture). A loop reader callback instead saved
+        # that task's ~3 KiB per running service, but measured 20-25 % slower on the 94 MB burst (bench scenario 3,
+        # A/B in one run), so it was taken out again.
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._capture)
             if run.probes or run.main_known is not None or run.notify is not None or self.unit.live is not None:

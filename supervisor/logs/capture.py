@@ -12,12 +12,9 @@ from __future__ import annotations
 import fcntl
 import os
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from .limits import READ_SIZE
-
-if TYPE_CHECKING:
-    import asyncio
 
 PIPE_SIZE: Final = 1 << 20          # requested pipe capacity (F_SETPIPE_SZ); failure is ignored
 F_SETPIPE_SZ: Final = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -93,73 +90,3 @@ async def capture(
             callback()
     return total
 
-
-
-class PipeReader:
-    """`capture` without a task: the event loop calls back when the pipe is readable (a stack of hundreds of
-    quiet services holds no task, frame or cancel scope per pipe, only a loop reader).
-
-    `start()` registers it; each callback reads what is there (up to `_YIELD_EVERY` bytes, then lets other
-    callbacks run) and hands every chunk to each sink in order, as `capture` does. At EOF, or at `close()`
-    (the run is over or cancelled), the reader is removed, the fd closed and the `on_eof` callbacks run, once.
-    A sink that raises is dropped and reported to `on_sink_error`. Asyncio only (qasup runs anyio on asyncio).
-    """
-
-    __slots__ = ("_fd", "_sinks", "_on_eof", "_on_sink_error", "_loop", "total")
-
-    def __init__(self, read_fd: int, sinks: Sequence[Callable[[bytes], None]], *,
-                 on_eof: Sequence[Callable[[], None]] = (),
-                 on_sink_error: Callable[[Callable[[bytes], None], Exception], None]) -> None:
-        self._fd = read_fd
-        self._sinks = list(sinks)
-        self._on_eof = on_eof
-        self._on_sink_error = on_sink_error
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.total = 0
-
-    def start(self) -> None:
-        import asyncio
-
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._fd, self._readable)
-        # whatever is already in the pipe is read at the loop's next poll, as capture's first read would
-
-    def _readable(self) -> None:
-        handled = 0
-        fd = self._fd
-        while handled < _YIELD_EVERY:
-            try:
-                chunk = os.read(fd, READ_SIZE)
-            except BlockingIOError:
-                return
-            except OSError:   # EIO and the like (never seen on a pipe): as the end of the output
-                chunk = b""
-            if not chunk:
-                self.close()
-                return
-            handled += len(chunk)
-            self.total += len(chunk)
-            for sink in tuple(self._sinks):
-                try:
-                    sink(chunk)
-                except Exception as exc:
-                    self._sinks.remove(sink)
-                    self._on_sink_error(sink, exc)
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
-    def close(self) -> None:
-        """Stop reading (EOF, or the run is over): the fd is closed and the `on_eof` callbacks run, once."""
-        fd = self._fd
-        if fd < 0:
-            return
-        self._fd = -1
-        try:
-            if self._loop is not None:
-                self._loop.remove_reader(fd)
-        finally:
-            os.close(fd)
-            for callback in self._on_eof:
-                callback()
