@@ -7,9 +7,10 @@
     python bench/run.py --only 8 --out /tmp/real.md   # real programs only: daemonizing nginx, Sanic
 
 supervisord (PyPI ``supervisor`` 4.3.0) is installed into its own venv, ``bench/.venv-supervisord``: both
-projects are the top-level package ``supervisor``, so they never share an interpreter. qasup runs as
-``PYTHON -m supervisor`` where PYTHON is --python, $QASUP_PYTHON, this interpreter or ./.venv/bin/python
-(the first that imports qasup). Raw samples go to bench/out/results.json. Every daemon and service the
+projects are the top-level package ``supervisor``, so they never share an interpreter. qasup is installed the
+same way, as users get it: ``pip install`` of this checkout (not editable) into ``bench/.venv-qasup``, built
+anew each run; it runs as that venv's ``qasup`` console script. With --python or $QASUP_PYTHON, that
+interpreter runs it instead (``PYTHON -m supervisor``, this checkout on PYTHONPATH). Raw samples go to bench/out/results.json. Every daemon and service the
 harness starts carries ``BENCH_RUN=<id>`` in its environment and is killed at the end, even on error.
 """
 
@@ -34,7 +35,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 from benchkit import realworld, report, scenarios, startup  # noqa: E402
-from benchkit.daemons import ensure_supervisord  # noqa: E402
+from benchkit.daemons import ensure_qasup, ensure_supervisord  # noqa: E402
 from benchkit.procs import kill_marked  # noqa: E402
 from benchkit.scenarios import Ctx, Result  # noqa: E402
 
@@ -266,8 +267,10 @@ METHOD = """\
 
 One command, `python bench/run.py` (or `bench/run.sh`), does everything: it installs supervisord
 (PyPI `supervisor` {sd}) into its own venv `bench/.venv-supervisord` (both projects are the top-level
-package `supervisor`, so they never share an interpreter), writes a stack folder per run under a temporary
-directory, and runs qasup (`PYTHON -m supervisor --config DIR/qasup.toml up`, a unique `QASUP_SOCKET`) and
+package `supervisor`, so they never share an interpreter), and this checkout into `bench/.venv-qasup` the way
+users get it (`pip install .`, not editable, as the Dockerfile does; an editable install's `.pth` finder costs
+every interpreter of its venv ~20 ms here, `python -c pass` included), writes a stack folder per run under a
+temporary directory, and runs qasup (that venv's `qasup --config DIR/qasup.toml up`, a unique `QASUP_SOCKET`) and
 supervisord (`nodaemon=true`, `startsecs=0`, `autorestart=true`, `redirect_stderr=true`,
 `stopasgroup/killasgroup`) on the same stand-in programs, in {rounds} rounds that alternate which daemon
 goes first. Every number below is the median over rounds (and samples) unless the row says otherwise. Times
@@ -297,9 +300,9 @@ end, whatever happened.
 4. **Idle**: 7 idle stand-ins (`echo READY; exec sleep 3600`) under each daemon, both stacks up at the same
    time; after 1 s, utime+stime of the daemon process itself (`/proc/PID/stat`, not its children) over
    {idle:g} s, and its VmRSS (in the first {idle_rounds} rounds).
-5. **Status**: `PYTHON -m supervisor status` vs `supervisorctl -c CONF status` against those stacks,
+5. **Status**: `qasup status` vs `supervisorctl -c CONF status` (both their venvs' console scripts) against those stacks,
    {calls} calls each per round, alternating, timed from the outside (process start to exit), each pair
-   followed by `PYTHON -c pass` (the floor: the same interpreter starting and doing nothing).
+   followed by `PYTHON -c pass` (the floor: qasup's interpreter starting and doing nothing).
 6. **Scale**: {sizes} services running `sleep 3600` (no readiness check: ready at spawn), one round:
    launch to the `all N services ready` line (qasup) / N `entered RUNNING state` lines (supervisord),
    status wall time (median of 3), the daemon's RSS, and the ordered shutdown time (SIGTERM to the
@@ -425,11 +428,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     began = time.perf_counter()
     cpu_before = cpu_times()
-    python = find_python(args.python)
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    # bytecode as an installed package has it: an editable checkout under PYTHONDONTWRITEBYTECODE=1 would
-    # otherwise compile qasup's modules at every start (and supervisord's are compiled by pip)
-    subprocess.run([python, "-m", "compileall", "-q", str(REPO / "supervisor")], check=False)
+    if args.python or os.environ.get("QASUP_PYTHON"):
+        python = find_python(args.python)
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        # bytecode as an installed package has it: an editable checkout under PYTHONDONTWRITEBYTECODE=1 would
+        # otherwise compile qasup's modules at every start (and supervisord's are compiled by pip)
+        subprocess.run([python, "-m", "compileall", "-q", str(REPO / "supervisor")], check=False)
+    else:   # as users get it: `pip install .` into a venv of its own (benchkit.daemons.ensure_qasup)
+        python = ensure_qasup(BENCH / ".venv-qasup", REPO, log)
+        os.environ.pop("PYTHONPATH", None)
     # and qasup's dependencies (anyio, h11, typing_extensions, ...), as pip leaves them: a venv made with
     # PYTHONDONTWRITEBYTECODE=1 has none, and each start would compile them again (~35 ms of CPU here)
     subprocess.run([python, "-c", COMPILE_DEPENDENCIES], check=False)

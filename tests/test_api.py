@@ -197,6 +197,22 @@ def test_status_names_filter_and_unknown_or_invalid_names(server):
     assert status == 400
 
 
+def test_status_as_a_table_with_its_options_checked(server):
+    sp = server.socket_path
+    code, headers, body = client.fetch(sp, "GET", "/v1/status?format=table&names=llm&colour=1&columns=60")
+    assert code == 200 and headers["content-type"] == "text/plain; charset=utf-8"
+    lines = body.decode().splitlines()
+    assert lines[0].startswith("stack \x1b[") and lines[2].startswith("llm ") and len(lines) == 3
+    assert "\x1b[33mstarting" in lines[2] and headers["x-qasup-not-ready"] == "1"   # llm is starting
+    assert "8777" not in body.decode()   # no env in the table
+    for bad, why in (("format=xml", "format must be json or table"), ("format=table&columns=0", "columns must"),
+                     ("format=table&columns=x", "columns must"), ("format=table&colour=maybe", "colour must"),
+                     ("all=1", "go with format=table"), ("format=table&names=nope", "unknown service 'nope'"),
+                     ("format=table&width=9", "unknown query parameter 'width'")):
+        status, payload = client.request(sp, "GET", f"/v1/status?{bad}")
+        assert status in (400, 404) and why in payload["error"], (bad, payload)
+
+
 def test_start_stop_restart(server):
     sp = server.socket_path
     assert client.request(sp, "POST", "/v1/services/sanic/stop") == (200, {"name": "sanic", "state": "stopped"})

@@ -1,5 +1,6 @@
-"""The command line's start-up cost: ``qasup up`` and ``qasup status`` build only their own verb's parser, and
-argparse's formatters learn the terminal width without importing ``shutil`` (bz2, lzma, zlib)."""
+"""The command line's start-up cost: ``qasup up`` builds only its own verb's parser, a plain ``qasup status`` is
+read without argparse at all (``cli.main.plain_status``, checked against argparse here), and argparse's
+formatters learn the terminal width without importing ``shutil`` (bz2, lzma, zlib)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from supervisor.cli import main as cli
 
@@ -65,7 +68,9 @@ def test_help_is_wrapped_to_columns_like_shutil_would():
     usage = [line for line in narrow if line.startswith(("usage:", "             "))]
     assert len(usage) > 1 and max(map(len, usage)) <= 60   # the usage wraps at $COLUMNS - 2, as shutil's width
     assert wide[0].startswith("usage: qasup") and wide[0].endswith("VERB ...")   # one line when it fits
-    assert cli._terminal_width() > 0
+    from supervisor.cli import parser
+
+    assert parser._terminal_width() > 0
 
 
 def test_clean_text_takes_the_fast_path_only_for_printable_text():
@@ -100,3 +105,53 @@ def test_mask_secrets_masks_the_same_with_its_key_cache():
     assert mask_secrets((1, "a")) == [1, "a"] and mask_secrets("TOKEN") == "TOKEN" and mask_secrets(None) is None
     rows = {"services": [{"name": f"s{i}", "pid": i, "counters": {"rule_matches": {}}} for i in range(1000)]}
     assert mask_secrets(rows) == rows
+
+
+# --------------------------------------------------------------------------- plain_status against argparse
+
+_TOKENS = ["status", "--json", "--all", "--watch", "-w", "--socket", "--config", "--socket=/s", "--config=c.toml",
+           "/tmp/q.sock", "sanic", "llm", "", "-", "--", "--js", "-h", "--help", "-wa", "--all=1", "logs", "up",
+           "--socket=", "x y", "--version", "-x", "ocr"]
+
+
+def _argparse(argv: list[str]) -> dict | None:
+    """What the full argparse parser makes of ``argv`` (the keys the verbs read), or None when it refuses."""
+    import contextlib
+    import io
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            ns = cli.build_parser().parse_args(argv)
+    except SystemExit:
+        return None
+    return vars(ns)
+
+
+def _check_plain(argv: list[str]) -> None:
+    plain = cli.plain_status(argv)
+    if plain is None:
+        return   # argparse decides (and says what is wrong)
+    full = _argparse(argv)
+    assert full is not None, f"plain_status took {argv!r}, which argparse refuses"
+    assert vars(plain) == full, argv
+
+
+def test_plain_status_reads_the_plain_forms_as_argparse_does():
+    taken = [["status"], ["status", "--json"], ["status", "sanic", "llm"], ["status", "--all", "sanic"],
+             ["--socket", "/tmp/q.sock", "status", "-w"], ["status", "--socket=/s", "--json", "ocr"],
+             ["--config", "c.toml", "status", "--config=d.toml"], ["status", "sanic", "--json"],
+             ["status", ""], ["status", "--watch", "--json"]]
+    for argv in taken:
+        assert cli.plain_status(argv) is not None, argv
+        _check_plain(argv)
+    # left to argparse: help, abbreviations, `--`, names after an option, values that look like options
+    for argv in (["status", "-h"], ["status", "--js"], ["status", "--", "x"], ["status", "a", "--json", "b"],
+                 ["--socket", "--json", "status"], ["status", "--socket"], ["logs", "x"], ["up"], [],
+                 ["status", "-wa"], ["status", "--all=1"], ["status", "-"]):
+        assert cli.plain_status(argv) is None, argv
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from(_TOKENS), max_size=6))
+def test_plain_status_never_disagrees_with_argparse(argv):
+    _check_plain(argv)

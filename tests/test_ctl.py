@@ -155,6 +155,65 @@ def test_status_unknown_service_exit_1(daemon, capsys):
     assert "unknown service 'nope'" in capsys.readouterr().err
 
 
+def test_the_daemon_draws_the_table_and_the_client_parses_no_json(daemon):
+    """``qasup status`` asks for ``format=table``: the same table as drawn from the JSON, the exit code from
+    the X-Qasup-Not-Ready header, and neither argparse nor json (nor pathlib) imported by the client."""
+    from supervisor.control import client
+
+    code, headers, body = client.fetch(daemon.socket_path, "GET", "/v1/status?format=table&all=1")
+    assert code == 200 and headers["content-type"].startswith("text/plain") and headers["x-qasup-not-ready"] == "0"
+    _, payload = client.request(daemon.socket_path, "GET", "/v1/status")
+    assert body.decode() == render.render_status(payload, show_disabled=True) + "\n"
+    daemon.controller.services["sanic"]["state"] = "starting"
+    assert client.fetch(daemon.socket_path, "GET", "/v1/status?format=table")[1]["x-qasup-not-ready"] == "1"
+    probe = ("import sys; sys.argv = ['qasup', '--socket', sys.argv[1], 'status']; "
+             "from supervisor.cli.main import main; code = main(); "
+             "print(code, sorted(m for m in ('argparse', 'json', 'pathlib', 'gettext') if m in sys.modules))")
+    # -S: no site, so no editable-install finder (which imports pathlib itself); the checkout on PYTHONPATH
+    out = subprocess.run([sys.executable, "-S", "-c", probe, str(daemon.socket_path)], capture_output=True, text=True,
+                         cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, check=True).stdout
+    assert out.splitlines()[-1] == "3 []"
+    assert "starting" in out
+
+
+def test_status_draws_the_table_itself_for_a_daemon_without_format_table(short_dir, capsys):
+    """A daemon of an older version answers 400 to ``format=table``: the client asks for the JSON and draws it."""
+    path = short_dir / "old.sock"
+    payload = {"stack": {"state": "ready", "pid": 7, "uptime_s": 5.0},
+               "services": [{"name": "web", "state": "ready", "pid": 70, "restarts": 0, "uptime_s": 5.0,
+                             "ready_after_s": 0.2}]}
+    seen: list[bytes] = []
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(path))
+    srv.listen(4)
+
+    def serve_two() -> None:
+        for _ in range(2):
+            conn, _ = srv.accept()
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += conn.recv(4096)
+                seen.append(head.split(b"\r\n", 1)[0])
+                if b"format=table" in head:
+                    status, body = b"400 Bad Request", b'{"error": "unknown query parameter \'format\'"}'
+                else:
+                    status, body = b"200 OK", json.dumps(payload).encode()
+                conn.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\nContent-Length: "
+                             + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+    t = threading.Thread(target=serve_two, daemon=True)
+    t.start()
+    try:
+        assert run(path, "status") == 0
+    finally:
+        t.join(5)
+        srv.close()
+    assert [line.split()[1].decode() for line in seen] == ["/v1/status?format=table", "/v1/status"]
+    out = capsys.readouterr().out
+    assert out == render.render_status(payload, show_disabled=False) + "\n" and "web" in out
+
+
 def test_no_daemon_exit_4_names_the_socket(short_dir, capsys):
     missing = short_dir / "none.sock"
     for argv in (["status"], ["start", "x"], ["logs", "x"], ["reload"], ["shutdown"], ["events"]):

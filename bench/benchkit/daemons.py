@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,7 +171,12 @@ class Qasup(Daemon):
         return env
 
     def argv(self) -> list[str]:
-        return [self.python, "-m", "supervisor", "--config", str(self.config), "up"]
+        return [*self.command(), "--config", str(self.config), "up"]
+
+    def command(self) -> list[str]:
+        """How users run qasup: the ``qasup`` console script beside the interpreter (pip's), else ``-m``."""
+        script = Path(self.python).with_name("qasup")
+        return [str(script)] if script.exists() else [self.python, "-m", "supervisor"]
 
     def log_file(self, name: str) -> Path:
         return self.root / "logs" / f"{name}.log"
@@ -182,7 +189,7 @@ class Qasup(Daemon):
         return t
 
     def status(self, *extra: str) -> tuple[int, float, str]:
-        return timed_run([self.python, "-m", "supervisor", "status", *extra], self.environment(), cwd=self.root)
+        return timed_run([*self.command(), "status", *extra], self.environment(), cwd=self.root)
 
     def service_pid(self, name: str) -> int:
         code, _, out = self.status(name, "--json")
@@ -261,6 +268,35 @@ class Supervisord(Daemon):
             return int(out.strip())
         except ValueError:
             raise RuntimeError(f"supervisorctl pid {name} answered {out.strip()!r} (exit {code})") from None
+
+
+def ensure_qasup(venv: Path, repo: Path, log) -> str:
+    """Install this checkout into ``venv`` as users get it (``pip install REPO``, not editable: the Dockerfile's
+    way), built anew each run so that the current code is measured; returns the venv's python.
+
+    Not the project's editable venv: setuptools' editable finder (a ``.pth`` hook) imports pathlib, re,
+    urllib.parse and ipaddress into every interpreter of that venv (~20 ms here), ``python -c pass`` included,
+    which no installed qasup pays."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PIP_REQUIRE_VIRTUALENV")}
+    python = venv / "bin" / "python"
+    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    if not python.exists():
+        log(f"creating {venv}")
+        base = getattr(sys, "_base_executable", sys.executable)
+        subprocess.run([base, "-m", "venv", str(venv)], env=env, check=True)
+        subprocess.run(pip + [str(repo)], env=env, check=True, cwd=tempfile.gettempdir())
+    log(f"installing this checkout into {venv} (pip install, not editable)")
+    with tempfile.TemporaryDirectory(prefix="qasup-bench-build-") as build:
+        # a copy of what the package is made of, so that pip's build/ folder and egg-info never land in the checkout
+        src = Path(build) / "src"
+        src.mkdir()
+        for name in ("pyproject.toml", "README.md", "LICENSE"):
+            if (repo / name).exists():
+                shutil.copy2(repo / name, src / name)
+        shutil.copytree(repo / "supervisor", src / "supervisor", ignore=shutil.ignore_patterns("__pycache__"))
+        subprocess.run(pip + ["--no-deps", "--force-reinstall", str(src)], env=env, check=True,
+                       cwd=tempfile.gettempdir())
+    return str(python)
 
 
 def ensure_supervisord(venv: Path, log) -> str:

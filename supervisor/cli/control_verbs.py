@@ -26,8 +26,6 @@ is tried again for ``client.BUSY_RETRY_S`` (2 s) with a short back-off first; wa
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
@@ -45,8 +43,12 @@ from supervisor.protocol import (
 
 TYPE_CHECKING = False  # typing costs ~5 ms to import; annotations are strings here anyway
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Callable, Sequence
-    from typing import Any
+    from types import SimpleNamespace
+    from typing import Any, TypeAlias
+
+    Args: TypeAlias = argparse.Namespace | SimpleNamespace   # argparse's, or cli.main.plain_status's
 
     from supervisor.protocol import StatusPayload
 
@@ -56,7 +58,7 @@ _DEFAULT_SOCKET = os.path.join(DEFAULT_STATE_DIR, DEFAULT_SOCKET_NAME)
 """When neither --socket nor $QASUP_SOCKET is given and no stack was looked for (cli.main resolves it)."""
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: Args) -> int:
     """Run the verb chosen by ``register``'s parsers; returns the exit code."""
     socket_path = str(getattr(args, "socket", None) or os.environ.get(SOCKET_ENV) or _DEFAULT_SOCKET)
     verb = _VERB_FUNCTIONS[args.ctl_verb]
@@ -92,7 +94,20 @@ def _silence_stdout() -> None:
         pass
 
 
+def _json_bytes(value: Any) -> bytes:
+    import json
+
+    return json.dumps(value).encode()
+
+
 def _error_of(payload: Any) -> str:
+    if isinstance(payload, bytes) and payload.lstrip().startswith(b"{"):
+        import json
+
+        try:
+            payload = json.loads(payload)
+        except ValueError:
+            pass
     if isinstance(payload, dict) and payload.get("error"):
         return str(payload["error"])
     if isinstance(payload, bytes):
@@ -126,7 +141,7 @@ def _as_status(payload: Any) -> StatusPayload:
 # --------------------------------------------------------------------------- verbs
 
 
-def _cmd_status(socket_path: str, args: argparse.Namespace) -> int:
+def _cmd_status(socket_path: str, args: Args) -> int:
     if getattr(args, "watch", False):
         if args.json:
             _err("status: --watch draws the table; it does not go with --json")
@@ -135,27 +150,41 @@ def _cmd_status(socket_path: str, args: argparse.Namespace) -> int:
 
         return watch_status(socket_path, _status_path(args.names), as_status=_as_status,
                             show_disabled=bool(getattr(args, "all", False) or args.names))
-    status, payload = client.request(socket_path, "GET", _status_path(args.names))
-    if status != 200 or not isinstance(payload, dict):
-        _err(_error_of(payload))
-        return Exit.FAILED
-    if args.json:
-        print(json.dumps(payload, indent=2))
-    else:
+    if not args.json:
         colour = use_colour(sys.stdout)
         width = None
         if colour:
             import shutil
 
             width = shutil.get_terminal_size().columns
-        # the plan's services; disabled ones with --all, or when named
-        print(render_status(_as_status(payload), colour=colour, width=width,
-                            show_disabled=bool(getattr(args, "all", False) or args.names)))
+        show_disabled = bool(getattr(args, "all", False) or args.names)
+        # the daemon draws the table (no JSON to import, encode and decode: ~3 ms here, ~10 ms for 1000 rows)
+        query = ("&names=" + quote(",".join(args.names), safe=",") if args.names else "") + (
+            "&all=1" if show_disabled else "") + ("&colour=1" if colour else "") + (
+            f"&columns={width}" if width else "")
+        status, headers, body = client.fetch(socket_path, "GET", "/v1/status?format=table" + query)
+        if status == 200 and headers.get("content-type", "").startswith("text/plain"):
+            sys.stdout.write(body.decode("utf-8", "replace"))
+            sys.stdout.flush()
+            return Exit.OK if headers.get("x-qasup-not-ready", "0") == "0" else Exit.NOT_READY
+        if status != 400:   # 400: a daemon of an older version, which takes no format=: draw it here
+            _err(_error_of(body))
+            return Exit.FAILED
+    status, payload = client.request(socket_path, "GET", _status_path(args.names))
+    if status != 200 or not isinstance(payload, dict):
+        _err(_error_of(payload))
+        return Exit.FAILED
+    if args.json:
+        import json
+
+        print(json.dumps(payload, indent=2))
+    else:
+        print(render_status(_as_status(payload), colour=colour, width=width, show_disabled=show_disabled))
     enabled = [s for s in payload.get("services") or [] if s.get("state") != ServiceState.DISABLED]
     return Exit.OK if all(s.get("state") == ServiceState.READY for s in enabled) else Exit.NOT_READY
 
 
-def _cmd_action(socket_path: str, args: argparse.Namespace) -> int:
+def _cmd_action(socket_path: str, args: Args) -> int:
     verb = args.ctl_verb
     code = Exit.OK
     for name in args.names:
@@ -177,7 +206,7 @@ def _cmd_action(socket_path: str, args: argparse.Namespace) -> int:
     return code
 
 
-def _cmd_logs(socket_path: str, args: argparse.Namespace) -> int:
+def _cmd_logs(socket_path: str, args: Args) -> int:
     path = f"/v1/services/{quote(args.name, safe='')}/logs?n={args.lines}"
     out = sys.stdout.buffer
     if not args.follow:
@@ -185,7 +214,7 @@ def _cmd_logs(socket_path: str, args: argparse.Namespace) -> int:
         if status != 200:
             _err(_error_of(payload))
             return Exit.FAILED
-        out.write(payload if isinstance(payload, bytes) else json.dumps(payload).encode())
+        out.write(payload if isinstance(payload, bytes) else _json_bytes(payload))
         out.flush()
         return Exit.OK
     try:
@@ -198,7 +227,7 @@ def _cmd_logs(socket_path: str, args: argparse.Namespace) -> int:
     return Exit.OK
 
 
-def _cmd_events(socket_path: str, args: argparse.Namespace) -> int:
+def _cmd_events(socket_path: str, args: Args) -> int:
     try:
         for line in client.stream_lines(socket_path, "/v1/events"):
             sys.stdout.buffer.write(line)
@@ -209,7 +238,7 @@ def _cmd_events(socket_path: str, args: argparse.Namespace) -> int:
     return Exit.OK
 
 
-def _cmd_reload(socket_path: str, args: argparse.Namespace) -> int:
+def _cmd_reload(socket_path: str, args: Args) -> int:
     status, payload = client.request(socket_path, "POST", "/v1/reload", timeout=None)
     if status == 400:
         _err(f"new configuration refused, the old one stays in force:\n{_error_of(payload)}")
@@ -229,7 +258,7 @@ def _cmd_reload(socket_path: str, args: argparse.Namespace) -> int:
     return Exit.OK
 
 
-def _cmd_shutdown(socket_path: str, args: argparse.Namespace) -> int:
+def _cmd_shutdown(socket_path: str, args: Args) -> int:
     status, payload = client.request(socket_path, "POST", "/v1/shutdown")
     if not 200 <= status < 300:
         _err(f"shutdown refused: {_error_of(payload)}")
@@ -251,7 +280,7 @@ def _cmd_shutdown(socket_path: str, args: argparse.Namespace) -> int:
     return Exit.FAILED
 
 
-def _cmd_wait_ready(socket_path: str, args: argparse.Namespace) -> int:
+def _cmd_wait_ready(socket_path: str, args: Args) -> int:
     """Poll /v1/status until every awaited service is ready.
 
     Done client side: no extra endpoint, no connection slot held while waiting, and a poll every
@@ -311,7 +340,7 @@ def _readiness(payload: StatusPayload, names: Sequence[str]) -> tuple[bool | Non
     return None, f"waiting for {pending}"
 
 
-_VERB_FUNCTIONS: dict[str, Callable[[str, argparse.Namespace], int]] = {
+_VERB_FUNCTIONS: dict[str, Callable[[str, Args], int]] = {
     "status": _cmd_status,
     "start": _cmd_action,
     "stop": _cmd_action,

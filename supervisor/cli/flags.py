@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+CONFIG_VERBS = ("up", "check", "plan")
+"""The verbs that read the configuration (supervisor.cli.config_verbs); every other verb is a control verb."""
+
 RUNSH_FLAGS = (
     # (short, long, dest, type, help)
     ("-c", "--llm-api", "llm_api", str, "local or cloud (default: local)"),

@@ -1,8 +1,8 @@
 """The CLI's client for the daemon's control socket: HTTP/1.1 over AF_UNIX, standard library only.
 
-``qasup status`` runs often (scripts, health checks), so this module imports only ``_socket`` and
-``json``.  ``http.client`` would cost 25-35 ms more (it pulls in ``email.parser`` and ``ssl``),
-and ``socket.py`` itself 4-5 ms (enum conversions, ``selectors``) for nothing we use, so the
+``qasup status`` runs often (scripts, health checks), so this module imports only ``_socket`` (and
+``json`` when an answer or a body is JSON: the status table comes as text).  ``http.client`` would
+cost 25-35 ms more (it pulls in ``email.parser`` and ``ssl``), and ``socket.py`` itself 4-5 ms (enum conversions, ``selectors``) for nothing we use, so the
 client uses the C socket type directly, writes its one request and reads the answer itself: a
 status line, headers, then a body delimited by Content-Length, chunked encoding or end of
 stream.  It only talks to qasup's own server (h11), one request per connection
@@ -12,7 +12,6 @@ stream.  It only talks to qasup's own server (h11), one request per connection
 from __future__ import annotations
 
 import _socket  # the C module behind socket.py; see the module docstring
-import json
 import os
 import time
 
@@ -27,6 +26,7 @@ __all__ = [
     "ProtocolError",
     "RequestFailed",
     "StreamBroken",
+    "fetch",
     "request",
     "stream_chunks",
     "stream_lines",
@@ -91,14 +91,28 @@ def request(
     :data:`BUSY_RETRY_S` (a 503 means the request was not acted on, so trying again is safe), and
     ``ProtocolError`` on a garbled answer.
     """
+    status, headers, data = fetch(socket_path, method, path, body, timeout)
+    if headers.get("content-type", "").startswith("application/json"):
+        import json
+
+        try:
+            return status, json.loads(data) if data.strip() else None
+        except ValueError as exc:
+            raise ProtocolError(f"the daemon sent invalid JSON: {exc}") from None
+    return status, data
+
+
+def fetch(
+    socket_path: str | os.PathLike[str],
+    method: str,
+    path: str,
+    body: Any = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
+) -> tuple[int, dict[str, str], bytes]:
+    """Like :func:`request`, but the answer as it came: ``(status, headers, body)``, header names in lower
+    case, the body not decoded."""
     with _open(socket_path, method, path, body, timeout) as exchange:
-        data = exchange.read_all()
-        if exchange.headers.get("content-type", "").startswith("application/json"):
-            try:
-                return exchange.status, json.loads(data) if data.strip() else None
-            except ValueError as exc:
-                raise ProtocolError(f"the daemon sent invalid JSON: {exc}") from None
-        return exchange.status, data
+        return exchange.status, exchange.headers, exchange.read_all()
 
 
 def stream_chunks(
@@ -154,6 +168,8 @@ def _open(
 
 
 def _error_text(data: bytes) -> str:
+    import json
+
     try:
         payload = json.loads(data)
         if isinstance(payload, dict) and isinstance(payload.get("error"), str):
@@ -161,6 +177,12 @@ def _error_text(data: bytes) -> str:
     except ValueError:
         pass
     return data.decode("utf-8", "replace").strip()
+
+
+def _json_bytes(value: Any) -> bytes:
+    import json
+
+    return json.dumps(value).encode("utf-8")
 
 
 class _Reader:
@@ -220,7 +242,7 @@ class _Exchange:
         self.status = 0
         self.headers: dict[str, str] = {}
         try:
-            payload = b"" if body is None else json.dumps(body).encode("utf-8")
+            payload = b"" if body is None else _json_bytes(body)
             head = (
                 f"{method} {path} HTTP/1.1\r\nHost: qasup\r\nConnection: close\r\n"
                 f"Accept: application/json\r\nUser-Agent: qasup-cli\r\n"
