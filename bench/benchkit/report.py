@@ -74,9 +74,15 @@ def rows(scale_sizes: tuple[int, ...]) -> list[Row]:
             Row(6, f"{n} services: launch to all ready (qasup) / all RUNNING (supervisord)", f"up_{n}_s", "s"),
             Row(6, f"{n} services: status wall time per call", f"status_{n}_ms", "ms",
                 **({"target": "< 100 ms", "check": lambda q, r: q < 100} if n == 1000 else {})),
-            Row(6, f"{n} services: daemon resident memory", f"rss_{n}_mib", "MiB"),
+            Row(6, f"{n} services: daemon resident memory", f"rss_{n}_mib", "MiB",
+                **({"target": "<= supervisord", "check": lambda q, r: r is not None and q <= r}
+                   if n in (300, 1000) else {})),
             Row(6, f"{n} services: ordered shutdown (SIGTERM to exit)", f"stop_{n}_s", "s"),
         ]
+    if len(scale_sizes) > 1:
+        lo, hi = min(scale_sizes), max(scale_sizes)
+        out.append(Row(6, f"per idle service: (RSS at {hi} - RSS at {lo}) / {hi - lo}", "per_service_kib", "KiB",
+                       target="<= ~12 KiB", check=lambda q, r: q <= 12.5))
     out += [
         Row(7, "SIGKILL of a service to its new pid", "new_pid_ms", "ms"),
         Row(7, "SIGKILL to ready again (qasup) / RUNNING again (supervisord)", "back_ms", "ms"),
@@ -107,8 +113,8 @@ def fmt(v: float | None, unit: str) -> str:
         return f"{v:.2f} ms" if v < 100 else f"{v:.0f} ms"
     if unit == "x":
         return f"{v:.2f}x"
-    if unit == "MiB":
-        return f"{v:.1f} MiB"
+    if unit in ("MiB", "KiB"):
+        return f"{v:.1f} {unit}"
     if unit in ("ticks", "bytes", ""):
         return f"{v:.0f}" + (f" {unit}" if unit else "")
     return f"{v:g} {unit}"

@@ -488,3 +488,8 @@ def s6_scale(ctx: Ctx, res: Result, sizes: tuple[int, ...], status_calls: int) -
             guarded(res, who, ctx, run, [d])
             ctx.log(f"  scale {n} {who}: " + ", ".join(
                 f"{m}={v[who][-1]:.3f}" for m, v in res.samples.items() if m.endswith(f"_{n}_s") and v.get(who)))
+    lo, hi = min(sizes), max(sizes)
+    for who in (QASUP, SV):   # the cost of one more idle service: the RSS slope between the smallest and largest
+        a, b = res.samples[f"rss_{lo}_mib"].get(who), res.samples[f"rss_{hi}_mib"].get(who)
+        if hi > lo and a and b:
+            res.add("per_service_kib", who, (b[-1] - a[-1]) * 1024 / (hi - lo))

@@ -140,6 +140,38 @@ def _run_driver(d: Qasup, n: int, timeout: float = 30.0) -> list[tuple[str, floa
     return out
 
 
+_CHILD = "['/bin/sh', '-c', 'echo \" | RUNNING floor\"']"
+FLOORS = (
+    ("Python starts and spawns a process (`import subprocess; subprocess.Popen(...)`)",
+     f"import subprocess; subprocess.Popen({_CHILD})"),
+    ("... after reading the 7 unit files with `tomllib` (the least any Python supervisor of TOML units does)",
+     "import os, subprocess, sys, tomllib\nd = sys.argv[1]\n"
+     "units = [tomllib.load(open(os.path.join(d, f), 'rb')) for f in sorted(os.listdir(d))]\n"
+     f"subprocess.Popen({_CHILD})"),
+    ("... from inside `anyio.run` (asyncio backend), as every anyio program must",
+     f"import subprocess, anyio\nasync def main():\n    subprocess.Popen({_CHILD})\nanyio.run(main)"),
+)
+"""Floors for launch -> first spawn, measured the same way as qasup's first service line (``-X importtime``
+aside): the arrival of the child's first line on the pipe that the launcher's stdout is."""
+
+
+def _run_floor(python: str, code: str, units: Path, env: dict[str, str], timeout: float = 10.0) -> float:
+    """Seconds from launch to the floor program's child's first line."""
+    t0 = time.time()
+    proc = subprocess.Popen([python, "-c", code, str(units)], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    assert proc.stdout is not None
+    try:
+        line = proc.stdout.readline()
+        took = time.time() - t0
+    finally:
+        proc.wait(timeout)
+        proc.stdout.close()
+    if b"RUNNING floor" not in line:
+        raise RuntimeError(f"floor program printed {line[:80]!r}")
+    return took
+
+
 def breakdown(folder: Path, marker: str, python: str, dag: dict[str, tuple[float, tuple[str, ...]]],
               runs: int = 5) -> dict:
     """Both views over ``runs`` runs each, alternating; a JSON-able dict (see :func:`markdown`)."""
@@ -148,6 +180,7 @@ def breakdown(folder: Path, marker: str, python: str, dag: dict[str, tuple[float
     walls: list[float] = []
     stages: dict[str, list[float]] = defaultdict(list)
     order: list[str] = []
+    floors: dict[str, list[float]] = defaultdict(list)
     for i in range(runs):
         d = Qasup(folder / f"imp{i}", marker, python, progs(dag))
         b, a, w = _run_importtime(d, len(dag))
@@ -159,6 +192,8 @@ def breakdown(folder: Path, marker: str, python: str, dag: dict[str, tuple[float
             if k not in stages:
                 order.append(k)
             stages[k].append(s * 1000)
+        for label, code in FLOORS:
+            floors[label].append(_run_floor(python, code, d2.root / "services.d", d2.environment()) * 1000)
 
     def min_self(maps: list[dict[str, int]]) -> dict[str, float]:
         keys = set().union(*maps)
@@ -178,6 +213,7 @@ def breakdown(folder: Path, marker: str, python: str, dag: dict[str, tuple[float
         "top_modules": [(name, ms) for ms, name in top],
         "stages": [(k, statistics.median(stages[k])) for k in order],
         "stages_total_ms": statistics.median([sum(v[i] for v in stages.values()) for i in range(runs)]),
+        "floors": [(label, statistics.median(floors[label])) for label, _ in FLOORS],
     }
 
 
@@ -209,4 +245,14 @@ def markdown(b: dict) -> list[str]:
         "The largest modules (self time): " + ", ".join(f"`{n}` {ms:.1f} ms" for n, ms in b["top_modules"]) + ".",
         "",
     ]
+    if b.get("floors"):
+        out += [
+            "**Floors** (what bounds the first spawn: programs that do only this, timed the same way, launch to "
+            "their child's first line, medians over the same runs):",
+            "",
+            "| program | ms |",
+            "|---|---|",
+            *[f"| {label} | {ms:.1f} |" for label, ms in b["floors"]],
+            "",
+        ]
     return out
