@@ -343,6 +343,7 @@ def reading(results: dict[int, Result]) -> list[str]:
 
 def write_doc(path: Path, info: dict[str, str], args: argparse.Namespace, lines, results, total_s: float) -> None:
     bh = report.behind(lines, results)
+    bounds = report.bounds(lines, results)
     loads = [float(info[k].split()[0]) for k in ("load average at start", "load average at end") if k in info]
     stolen = info.get("CPU time stolen by the hypervisor during the run", "unknown")
     busy = any(x > 0.5 * (os.cpu_count() or 1) for x in loads) or (
@@ -383,6 +384,7 @@ def write_doc(path: Path, info: dict[str, str], args: argparse.Namespace, lines,
         "",
         *([f"- {b}" for b in bh] or ["- Nowhere in this run: every target is met."]),
         "",
+        *(["## What bounds the targets not met", "", *[f"- {b}" for b in bounds], ""] if bounds else []),
     ]
     if notes:
         text += ["## Notes", "", *[f"- {n}" for n in notes], ""]

@@ -83,6 +83,10 @@ def rows(scale_sizes: tuple[int, ...]) -> list[Row]:
         lo, hi = min(scale_sizes), max(scale_sizes)
         out.append(Row(6, f"per idle service: (RSS at {hi} - RSS at {lo}) / {hi - lo}", "per_service_kib", "KiB",
                        target="<= ~12 KiB", check=lambda q, r: q <= 12.5))
+        out += [Row(6, f"floor: an anyio program's RSS per pipe{what} (slope {lo} to {hi}; benchkit/taskfloor.py)",
+                    f"floor_{t}_kib", "KiB", other="")
+                for t, what in ((0, " with no task"), (1, " + 1 task waiting on it"), (2, " + 2 tasks (qasup's "
+                                "capture and run)"))]
     out += [
         Row(7, "SIGKILL of a service to its new pid", "new_pid_ms", "ms"),
         Row(7, "SIGKILL to ready again (qasup) / RUNNING again (supervisord)", "back_ms", "ms"),
@@ -210,4 +214,65 @@ def behind(lines: list[Line], results: dict[int, Result]) -> list[str]:
         out += [f"Scenario {res.sid}, {m}." for m in getattr(res, "misses", [])]   # realworld.RealResult
         for f in res.failures:
             out.append(f"Scenario {res.sid} failed: {f}")
+    return out
+
+
+def bounds(lines: list[Line], results: dict[int, Result]) -> list[str]:
+    """For each missed target, what bounds it, from numbers measured in the same run."""
+    out = []
+    missed = {ln.row.metric + "/" + ln.row.agg: ln for ln in lines if ln.verdict == "BEHIND"}
+    r1 = results.get(1)
+    floors = dict((r1.extra.get("breakdown") or {}).get("floors") or []) if r1 else {}
+    anyio_floor = next((ms for label, ms in floors.items() if "anyio.run" in label), None)
+    toml_floor = next((ms for label, ms in floors.items() if "tomllib" in label), None)
+
+    def med(sid: int, metric: str, who: str = QASUP) -> float | None:
+        r = results.get(sid)
+        return stat(r.samples.get(metric, {}).get(who), "median") if r else None
+
+    spawn = missed.get("spawn_ms/median")
+    if spawn is not None and spawn.q is not None and anyio_floor is not None and toml_floor is not None:
+        out.append(f"First spawn ({spawn.q:.0f} ms, target 80 ms): here a Python program that only reads the 7 unit "
+                   f"files with tomllib and spawns one process needs {toml_floor:.0f} ms from launch to the child's "
+                   f"first line, and one that spawns from inside `anyio.run` (qasup's event loop: asyncio and anyio "
+                   f"imported and started) {anyio_floor:.0f} ms, before any of qasup's own code; qasup's own "
+                   f"share (checking the units, the plan, the lock, the guardian, the cgroups, the engine) is the "
+                   f"rest, {spawn.q - anyio_floor:.0f} ms (\"Where start-up time goes\" breaks it down). Meeting "
+                   f"80 ms would take spawning the first services before the event loop exists.")
+    dag = missed.get("ready_event_s/median")
+    if dag is not None and dag.q is not None and anyio_floor is not None:
+        sched = med(1, "sched_overhead_s")
+        out.append(f"7-service DAG ({dag.q:.3f} s, target critical path + 100 ms = {CP + READY_SLACK:.2f} s): the "
+                   f"anyio floor above alone is {anyio_floor:.0f} ms, more than the 100 ms of slack, so no anyio "
+                   f"program can meet it here; beyond its own start-up, qasup's scheduling along the critical path "
+                   f"costs {sched * 1000:.0f} ms." if sched is not None else
+                   f"7-service DAG ({dag.q:.3f} s): bounded by the start-up floors above.")
+    st = missed.get("status_ms/median")
+    pass_ms = med(5, "status_ms", PASS)
+    q5 = med(5, "status_ms")
+    if st is not None and pass_ms is not None and q5 is not None:
+        out.append(f"`qasup status` ({q5:.1f} ms): the interpreter alone (`python -c pass`) takes {pass_ms:.1f} ms "
+                   f"here; qasup's share is {q5 - pass_ms:.1f} ms (pip's console script imports `re`, then "
+                   f"`supervisor.protocol` with its enums, the socket round trip, the table the daemon drew).")
+    big = missed.get("status_1000_ms/median")
+    if big is not None and big.q is not None and q5 is not None:
+        out.append(f"1000-service status ({big.q:.0f} ms, target < 100 ms): the same call with 7 services takes "
+                   f"{q5:.0f} ms, so {big.q - q5:.0f} ms go to 993 more rows: the daemon builds each row (a dict of "
+                   f"15 keys), masks and draws the table (~48 KB of text), and the client writes it.")
+    for key in ("rss_300_mib/median", "rss_1000_mib/median", "per_service_kib/median"):
+        ln = missed.get(key)
+        if ln is not None and ln.q is not None:
+            per_sv = med(6, "per_service_kib", SV)
+            per_q = med(6, "per_service_kib")
+            f0, f1, f2 = (med(6, f"floor_{t}_kib") for t in (0, 1, 2))
+            if per_q is not None and per_sv is not None:
+                floor = (f" An anyio task costs {f1 - f0:.1f} KiB by itself here (the floor rows): a running qasup "
+                         f"service holds two (the instance's run task and its capture task), {f2:.1f} KiB with "
+                         f"their pipe, so ~{per_q - f2:.1f} KiB is qasup's own data (unit, plan, service and "
+                         f"instance objects, counters, environment)." if None not in (f0, f1, f2) else "")
+                out.append(f"Memory ({ln.row.label}: {fmt(ln.q, ln.row.unit)}): one more idle service costs qasup "
+                           f"{per_q:.1f} KiB and supervisord {per_sv:.1f} KiB here.{floor} Meeting ~12 KiB would "
+                           f"take an idle service with no task of its own (callbacks on the event loop instead), "
+                           f"which the engine does not do.")
+            break
     return out

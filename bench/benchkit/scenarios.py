@@ -489,6 +489,16 @@ def s6_scale(ctx: Ctx, res: Result, sizes: tuple[int, ...], status_calls: int) -
             ctx.log(f"  scale {n} {who}: " + ", ".join(
                 f"{m}={v[who][-1]:.3f}" for m, v in res.samples.items() if m.endswith(f"_{n}_s") and v.get(who)))
     lo, hi = min(sizes), max(sizes)
+    if hi > lo:   # the floor an anyio design pays per task: benchkit/taskfloor.py at both sizes, same interpreter
+        floor = Path(__file__).with_name("taskfloor.py")
+        for tasks in (0, 1, 2):
+            try:
+                kib = [int(subprocess.run([ctx.python, str(floor), str(n), str(tasks)], capture_output=True,
+                                          text=True, check=True, timeout=60).stdout.split()[-1]) for n in (lo, hi)]
+            except (subprocess.SubprocessError, ValueError, IndexError) as e:
+                res.notes.append(f"the anyio task floor could not be measured: {e}")
+                break
+            res.add(f"floor_{tasks}_kib", QASUP, (kib[1] - kib[0]) / (hi - lo))
     for who in (QASUP, SV):   # the cost of one more idle service: the RSS slope between the smallest and largest
         a, b = res.samples[f"rss_{lo}_mib"].get(who), res.samples[f"rss_{hi}_mib"].get(who)
         if hi > lo and a and b:
