@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from collections.abc import Sequence
 from dataclasses import field
 from http import HTTPStatus
@@ -19,6 +20,7 @@ from urllib.parse import unquote_to_bytes
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import h11
 
 from supervisor.protocol import mask_secrets
@@ -33,6 +35,7 @@ __all__ = [
     "Reject",
     "Request",
     "allow",
+    "busy_response",
     "check_query",
     "check_request_head",
     "client_went_away",
@@ -244,11 +247,14 @@ def encode_json(payload: Any, *, masked: bool = False) -> bytes:
     return (json.dumps(payload if masked else mask_secrets(payload), default=str) + "\n").encode("utf-8")
 
 
-_BUSY_BODY = b'{"error": "too many connections to the qasup control API; try again"}\n'
-BUSY_RESPONSE = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-    b"Content-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\nConnection: close\r\n\r\n" + _BUSY_BODY
-)
+def busy_response(message: str) -> bytes:
+    """A whole 503 answer with ``{"error": message}``, written raw (without h11, before reading the request)."""
+    body = encode_json({"error": message}, masked=True)
+    return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+
+
+BUSY_RESPONSE = busy_response("too many connections to the qasup control API; try again")
 """The whole answer to a connection over the cap: written raw, without reading the request."""
 
 _GONE_BASE = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
@@ -265,6 +271,18 @@ def client_went_away(exc: BaseException) -> bool:
 # --------------------------------------------------------------------------- the connection
 
 
+async def _receive_raw(sock: socket.socket) -> bytes:
+    """anyio's Unix ``receive()`` (a checkpoint, recv, a wait while there is nothing) with anyio.wait_readable."""
+    await anyio.lowlevel.checkpoint()
+    while True:
+        try:
+            return sock.recv(65536)
+        except BlockingIOError:
+            await anyio.wait_readable(sock)
+        except OSError:   # reset, or closed under us
+            return b""
+
+
 class Channel:
     """One client connection: the byte stream, its h11 state machine and bounded writes."""
 
@@ -274,6 +292,11 @@ class Channel:
         self.limits = limits
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
         self.bytes_this_cycle = 0
+        # A Unix socket is read here, not by anyio's stream: on asyncio, its read cancelled in the loop turn the
+        # socket turns readable (an idle connection shed, a stream's drain as its pump fails) logs an
+        # InvalidStateError traceback; a cancelled anyio.wait_readable does not.
+        unix = isinstance(stream, anyio.abc.UNIXSocketStream)
+        self._raw = stream.extra(anyio.abc.SocketAttribute.raw_socket) if unix else None
 
     async def send(self, event: Any) -> None:
         data = self.conn.send(event)
@@ -282,10 +305,13 @@ class Channel:
                 await self.stream.send(data)
 
     async def receive(self) -> bytes:
-        try:
-            data = await self.stream.receive(65536)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            data = b""
+        if self._raw is not None:
+            data = await _receive_raw(self._raw)
+        else:
+            try:
+                data = await self.stream.receive(65536)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                data = b""
         self.bytes_this_cycle += len(data)
         return data
 

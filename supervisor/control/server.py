@@ -6,7 +6,8 @@ Unix socket (mode 0600) and optionally on a TCP listener that requires a bearer 
 server never trusts its clients: every request is bounded in header size, body size and time,
 the number of connections is capped, service names are validated before they reach the
 controller, and no request can stop the daemon except ``POST /v1/shutdown``.  A malformed
-request costs one log line and a 4xx answer, never a crash.
+request costs one log line and a 4xx answer, never a crash; running out of file descriptors costs the
+longest idle connection or a 503, never silence (:mod:`supervisor.control.spare`).
 
 The rooms: ``listen`` sets up the sockets, ``http`` reads and writes one connection, ``routes`` holds the
 endpoints (see ``/work/shared/spec/interface.md``, "Control API"), ``controller`` the protocol the engine
@@ -44,6 +45,7 @@ from supervisor.control.listen import (
 from supervisor.control.metrics import Observed
 from supervisor.control.readonly import ReadOnlyRoutes
 from supervisor.control.routes import Routes
+from supervisor.control.spare import Idle, Spare
 from supervisor.proc.kernel import out_of_fds, out_of_fds_text
 from supervisor.records import dataclass
 
@@ -117,7 +119,8 @@ async def serve(
     unix_sock: socket.socket | None = bound.unix  # closed here unless a listener owns it
     tcp_sock: socket.socket | None = bound.tcp
     http_sock: socket.socket | None = bound.http
-    server = _ApiServer(Routes(controller, log, limits, token, observed), log, limits)
+    spare = Spare(log)   # shared: when accept() finds no descriptor, any server's idle connection may go
+    server = _ApiServer(Routes(controller, log, limits, token, observed), log, limits, spare)
     unix = _UnixSocket(socket_path, server, log)
     unix.inode = bound.inode
     tcp_listener: anyio.abc.SocketListener | None = None
@@ -141,7 +144,7 @@ async def serve(
                 if tcp_listener is not None:
                     tg.start_soon(server.accept_loop, tcp_listener, True, tg)
                 if http_listener is not None:
-                    readonly = _ApiServer(ReadOnlyRoutes(controller, log, limits, observed), log, limits)
+                    readonly = _ApiServer(ReadOnlyRoutes(controller, log, limits, observed), log, limits, spare)
                     tg.start_soon(readonly.accept_loop, http_listener, True, tg)
                     log(f"api: status page and /metrics on {_url(http_address)} (read-only, no token)")
                 tg.start_soon(unix.watch, tg)
@@ -154,6 +157,7 @@ async def serve(
                     if listener is not None:
                         await listener.aclose()
     finally:
+        spare.close()
         for sock in (unix_sock, tcp_sock, http_sock):
             if sock is not None:
                 sock.close()
@@ -242,10 +246,11 @@ _ACCEPT_PAUSE = 0.05
 class _ApiServer:
     """Accepts connections up to the cap (503 beyond it) and serves each one request after another."""
 
-    def __init__(self, routes: Routes, log: Callable[[str], None], limits: Limits) -> None:
+    def __init__(self, routes: Routes, log: Callable[[str], None], limits: Limits, spare: Spare) -> None:
         self.routes = routes
         self.log = log
         self.limits = limits
+        self.spare = spare
         self._active = 0
         self._last_busy_log = 0.0
         self._last_accept_log = 0.0
@@ -253,24 +258,42 @@ class _ApiServer:
     async def accept_loop(
         self, listener: anyio.abc.SocketListener, is_tcp: bool, tg: anyio.abc.TaskGroup
     ) -> None:
-        """Accept until the listener is closed; per-connection failures and accept() errors (EMFILE, ...) never
-        end it: it backs off (50 ms doubling to 1 s) and tries again, the socket stays where it is."""
+        """Accept until the listener is closed; per-connection failures and accept() errors never end it.
+        Out of descriptors (EMFILE/ENFILE), it frees one it can spare and accepts again at once
+        (:mod:`supervisor.control.spare`: the longest idle connection, else a 503 on the reserve descriptor);
+        with nothing to free, and on other errors, it backs off (50 ms doubling to 1 s) and tries again, the
+        socket stays where it is."""
         pause = _ACCEPT_PAUSE
+        raw = listener.extra(anyio.abc.SocketAttribute.raw_socket)
+        waiting = False   # a client was waiting when accept() last failed
         while True:
             try:
                 stream = await listener.accept()
             except anyio.ClosedResourceError:
                 return
-            except (OSError, anyio.BrokenResourceError) as exc:  # EMFILE and the like: wait, retry
+            except (OSError, anyio.BrokenResourceError) as exc:  # EMFILE and the like: free one, or wait, retry
+                if out_of_fds(exc):
+                    if not waiting:
+                        # accept() fails so with no client too (the descriptor comes first): free one only for a
+                        # client that is there; until one is, wait for it, with no wake-ups
+                        await anyio.wait_readable(raw)
+                        waiting = True
+                        continue
+                    waiting = False
+                    if await self.spare.make_room(raw, exc):
+                        pause = _ACCEPT_PAUSE
+                        continue
                 now = time.monotonic()
                 if now - self._last_accept_log > 10.0:
                     self._last_accept_log = now
-                    why = out_of_fds_text(exc) if out_of_fds(exc) else str(exc.__cause__ or exc)
+                    cause = exc.__cause__ or exc
+                    why = out_of_fds_text(cause) if out_of_fds(exc) else str(cause)
                     self.log(f"api: cannot accept a connection: {why}; retrying")
                 await anyio.sleep(pause)
                 pause = min(pause * 2, 1.0)
                 continue
-            pause = _ACCEPT_PAUSE
+            pause, waiting = _ACCEPT_PAUSE, False
+            self.spare.fill()   # the reserve again, if an earlier shortage cost it (one attribute test if not)
             if self._active >= self.limits.max_connections:
                 tg.start_soon(self._refuse_busy, stream)
             else:
@@ -292,21 +315,31 @@ class _ApiServer:
 
     async def _serve_connection(self, stream: anyio.abc.SocketStream, is_tcp: bool) -> None:
         peer = _peer_label(stream, is_tcp)
+        idle = self.spare.connection()
         try:
-            await self._connection_loop(Channel(stream, peer, self.limits), is_tcp)
+            await self._connection_loop(Channel(stream, peer, self.limits), is_tcp, idle)
         except Exception as exc:  # noqa: BLE001 - a bug here must cost one connection, never the daemon
             if not client_went_away(exc):
                 self.log(f"api: internal error serving {peer}: {type(exc).__name__}: {exc}")
         finally:
             self._active -= 1
             with anyio.CancelScope(shield=True):
+                if idle.farewell:   # shed before its first answer: "busy, try again"
+                    with anyio.move_on_after(0.1):
+                        try:
+                            await stream.send(idle.farewell)
+                        except Exception:  # noqa: BLE001 - best effort, the socket is closed next
+                            pass
                 await stream.aclose()
+            idle.closed()
 
-    async def _connection_loop(self, ch: Channel, is_tcp: bool) -> None:
+    async def _connection_loop(self, ch: Channel, is_tcp: bool, idle: Idle) -> None:
         while True:
             try:
                 with anyio.fail_after(self.limits.request_timeout):
-                    request = await ch.receive_request()
+                    request = None
+                    with idle:   # no request in flight: out of descriptors, this connection may be shed
+                        request = await ch.receive_request()
             except TimeoutError:
                 if ch.bytes_this_cycle or ch.conn.their_state is not h11.IDLE:
                     self.log(f"api: {ch.peer}: request not complete within {self.limits.request_timeout:g}s; closing")
@@ -323,8 +356,17 @@ class _ApiServer:
                 return
             if request is None:
                 return
-            keep_open = await self.routes.dispatch(ch, request, is_tcp)
-            if not keep_open or ch.conn.our_state is not h11.DONE or ch.conn.their_state is not h11.DONE:
+            try:
+                keep_open = await self.routes.dispatch(ch, request, is_tcp)
+            except OSError as exc:   # a handler short of a descriptor (a lazy import, a file): 503, not silence
+                if not out_of_fds(exc):
+                    raise
+                why = out_of_fds_text(exc)
+                self.spare.say("request", f"api: {ch.peer}: {request.method} {request.target[:200]!r}: {why}")
+                await ch.send_error(503, f"the qasup daemon is {why}; try again")
+                return
+            idle.answered = True
+            if idle.shed or not keep_open or ch.conn.our_state is not h11.DONE or ch.conn.their_state is not h11.DONE:
                 return
             ch.conn.start_next_cycle()
             ch.bytes_this_cycle = 0
