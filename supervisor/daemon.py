@@ -325,12 +325,37 @@ async def _serve_api(engine: Engine, bound: BoundSockets, options: DaemonOptions
 
     observed = Observed(plan=lambda: plan_facts(engine.plan), events_total=lambda: engine.events.emitted,
                         echo_dropped=lambda: echo.dropped if echo is not None else {})
-    async with anyio.create_task_group() as tg:
-        state.server = await tg.start(partial(
-            serve, engine, bound.path, listen=options.listen, token=options.token,
-            http=options.http or engine.stack.http, log=lambda m: say(m if m.startswith("api") else f"api: {m}"),
-            observed=observed, bound=bound))
-        tg.start_soon(state.watch)
+    taken: BoundSockets | None = bound
+    failures = 0
+    while True:
+        try:
+            async with anyio.create_task_group() as tg:
+                state.server = await tg.start(partial(
+                    serve, engine, bound.path, listen=options.listen, token=options.token,
+                    http=options.http or engine.stack.http,
+                    log=lambda m: say(m if m.startswith("api") else f"api: {m}"), observed=observed, bound=taken))
+                tg.start_soon(state.watch)
+            return
+        except Exception as exc:  # noqa: BLE001  a fault in the API must not take PID 1 down: its services run on
+            state.server = None
+            if taken is not None:
+                taken.close()   # what serve() had not taken over; the next try binds afresh
+                taken = None
+            failures += 1
+            delay = min(API_RETRY_MAX_S, 0.5 * 2 ** (failures - 1))
+            say(f"api: the control API stopped on an error ({_first_error(exc)}); serving it again in {delay:g}s")
+            await anyio.sleep(delay)
+
+
+API_RETRY_MAX_S = 30.0
+"""The longest wait before the control API is served again after it stopped on an error (from 0.5 s, doubling)."""
+
+
+def _first_error(exc: BaseException) -> str:
+    """``Type: message`` of the first exception that is not a group (a task group raises groups)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {str(exc)[:300]}"
 
 
 API_AFTER_SPAWNS = 0.25
