@@ -24,6 +24,7 @@ from supervisor.control.listen import SOCKET_CHECK_EVERY, BoundSockets, DaemonAl
 from supervisor.control.lock import StackLock
 from supervisor.engine.engine import Engine
 from supervisor.engine.errors import EngineError
+from supervisor.errors import first_error
 from supervisor.logs.echo import Echo
 from supervisor.plan.result import Plan
 from supervisor.proc.guardian import guardian
@@ -343,19 +344,11 @@ async def _serve_api(engine: Engine, bound: BoundSockets, options: DaemonOptions
                 taken = None
             failures += 1
             delay = min(API_RETRY_MAX_S, 0.5 * 2 ** (failures - 1))
-            say(f"api: the control API stopped on an error ({_first_error(exc)}); serving it again in {delay:g}s")
+            say(f"api: the control API stopped on an error ({first_error(exc)}); serving it again in {delay:g}s")
             await anyio.sleep(delay)
 
 
-API_RETRY_MAX_S = 30.0
-"""The longest wait before the control API is served again after it stopped on an error (from 0.5 s, doubling)."""
-
-
-def _first_error(exc: BaseException) -> str:
-    """``Type: message`` of the first exception that is not a group (a task group raises groups)."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return f"{type(exc).__name__}: {str(exc)[:300]}"
+API_RETRY_MAX_S = 30.0   # the longest wait before the API is served again after a fault (from 0.5 s, doubling)
 
 
 API_AFTER_SPAWNS = 0.25

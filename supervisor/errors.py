@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from supervisor.records import dataclass
 
-__all__ = ["ConfigError", "Problem", "Problems"]
+__all__ = ["ConfigError", "Problem", "Problems", "first_error"]
 
 
 @dataclass(frozen=True, order=True)
@@ -48,3 +48,10 @@ class Problems:
     def raise_if_any(self) -> None:
         if self.items:
             raise ConfigError(self.items)
+
+
+def first_error(exc: BaseException) -> str:
+    """``Type: message`` of the first exception that is not a group (a task group raises groups), for a log line."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {str(exc)[:300]}"

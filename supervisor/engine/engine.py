@@ -36,7 +36,7 @@ from supervisor.engine.settle import check_control, refused, settle, stopped_by_
 from supervisor.engine.states import DepVerdict, ServiceState, StackState
 from supervisor.errors import Problems
 from supervisor.logs.echo import Echo
-from supervisor.plan.resolve import ResolvedUnit, resolve_unit
+from supervisor.plan.resolve import ResolvedUnit, resolve_unit, sharing
 from supervisor.plan.result import Plan
 from supervisor.proc.guardian import DAEMON_VARIABLE
 from supervisor.proc.kernel import release_memory
@@ -257,7 +257,7 @@ class Engine:
 
     def _resolve_again(self, svc: Service, probs: Problems) -> ResolvedUnit | None:
         return resolve_unit(self.stack, svc.spec, self.plan_env, svc.splan.env, probs, self.environ,
-                            pending_env_file=self.plan.env)
+                            pending_env_file=self.plan.env, env_cache=sharing(self.environ))
 
     # ------------------------------------------------------------------ events and messages
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,43 +21,27 @@ import anyio
 import anyio.abc
 
 from supervisor.engine import messages as m
+from supervisor.engine.context import HostContext, environment_with
 from supervisor.engine.instance import Instance
 from supervisor.engine.lifetime import DRAIN_AFTER_EXIT, Lifetime, Run, stop_run
+from supervisor.engine.prepare import run_prepare
 from supervisor.engine.sdnotify import RunNotify
 from supervisor.errors import Problems
 from supervisor.logs.capture import make_pipe
-from supervisor.logs.echo import Echo
 from supervisor.logs.follow import follow
 from supervisor.logs.rotate import LogError, RotatingFile
 from supervisor.logs.scan import LineScanner, PatternSet
-from supervisor.proc import contenthash
 from supervisor.proc.kernel import SpawnError, fd_shortage, out_of_fds, out_of_fds_text, with_fds_text
-from supervisor.proc.reaper import Reaper
 from supervisor.proc.run import run_to_completion
 from supervisor.proc.spawn import unit_credentials
 from supervisor.proc.stop import kill_tree
 from supervisor.readiness.live import build_checks
 from supervisor.readiness.probes import build_probes, why_not_ready
-from supervisor.records import dataclass
 
 if TYPE_CHECKING:
     from supervisor.engine.service import Service
     from supervisor.plan.resolve import ResolvedUnit
     from supervisor.plan.result import ServicePlan
-
-@dataclass(frozen=True)
-class HostContext:
-    """What every service's host shares: the reaper, the echo, where to say things, the state folder, the
-    daemon's id (put in every process's environment for the guardian), and how to resolve a unit again."""
-
-    reaper: Reaper
-    echo: Echo | None
-    say: Callable[[str], None]
-    state_dir: Path
-    environment: Callable[[ResolvedUnit], dict[str, str]]
-    resolve: Callable[[Service, Problems], ResolvedUnit | None]
-    daemon_id: str = "qasup"   # names the services' NOTIFY_SOCKETs
-
 
 class ProcessHost:
     """Runs one service's processes (see the module's docstring)."""
@@ -82,14 +67,23 @@ class ProcessHost:
     def launch(self, inst: Instance) -> None:
         run = self.run = Run(inst)
         assert self.tg is not None
-        self.tg.start_soon(self._instance_main, run)
+        if self.unit.prepare_argv or self.unit.tail:   # may wait long before the spawn: not behind the gate
+            self.tg.start_soon(self._instance_main, run, False)
+        else:
+            run.queued = partial(self._start_gated, run)
+            self.ctx.gate.enter(run.queued)
+
+    def _start_gated(self, run: Run, gated: bool = True) -> None:
+        run.queued = None
+        assert self.tg is not None
+        self.tg.start_soon(self._instance_main, run, gated)
 
     def stop(self, inst: Instance, timeout: float) -> None:
         run = self._run_of(inst)
         if run is None:
             return
-        if run.child is None:
-            run.scope.cancel()   # still preparing: cancel it (prepare's process tree is terminated)
+        if run.child is None:   # not spawned yet: it never is; a prepare step is cancelled (its tree terminated)
+            self._cancel(run)
         else:
             assert self.tg is not None
             stop = self.unit.spec.stop
@@ -102,7 +96,15 @@ class ProcessHost:
         if run.child is not None:
             kill_tree(run.child, run.main)
         else:
+            self._cancel(run)
+
+    def _cancel(self, run: Run) -> None:
+        """A stop before the spawn: the run ends without starting its process, at once (not after its turn)."""
+        run.cancelled = True
+        if run.scope is not None:
             run.scope.cancel()
+        if run.queued is not None and self.ctx.gate.withdraw(run.queued):
+            self._start_gated(run, False)
 
     def start_timer(self, token: int, delay: float) -> None:
         assert self.tg is not None
@@ -157,27 +159,56 @@ class ProcessHost:
         await anyio.sleep(delay)
         self.svc.post(m.BackoffDone(token))
 
-    async def _instance_main(self, run: Run) -> None:
+    async def _instance_main(self, run: Run, gated: bool) -> None:
         code: int | None = None
         failure: str | None = None
-        unit = self.unit
+        parked = False
         try:
-            with run.scope:
-                unit, failure = self._refresh_unit(run)
-                if failure is None and unit.prepare_argv:
+            unit, failure = self._refresh_unit(run)
+            if gated and (unit.prepare_argv or unit.tail):   # came with a reload: these do not hold the gate
+                gated = False
+                self.ctx.gate.leave()
+            if failure is None and unit.prepare_argv:
+                scope = run.scope = anyio.CancelScope()   # a cancel scope only while there is a prepare step
+                if run.cancelled:
+                    scope.cancel()
+                with scope:
                     failure = await self._prepare(unit)
-            if failure is None and not run.scope.cancel_called:
-                # from here on a stop terminates the process instead of cancelling (see ServiceHost.stop)
+                run.scope = None
+            if failure is None and not run.cancelled:
+                # from here on a stop terminates the process instead of cancelling (see ServiceHost.stop); the
+                # process part is called from here, not through helpers: each coroutine of the chain a running
+                # service waits in costs memory (a stack holds hundreds)
                 with anyio.CancelScope(shield=True):
-                    code, failure = await self._run_process(run, unit)
+                    if unit.tail:
+                        code, failure = await self._with_followers(run, unit)
+                    else:
+                        try:
+                            failure = await self._spawn(run, unit)
+                        finally:
+                            if gated:
+                                gated = False
+                                self.ctx.gate.leave()
+                    if failure is None and not unit.tail:
+                        ended = await self._lifetime(run, unit, park=True).supervise()
+                        if ended is None:   # parked: the run's Lifetime ends it later (Lifetime._park)
+                            parked = True
+                        else:
+                            code, failure = ended
             elif failure is None:
                 failure = "cancelled before start"
         except Exception as e:
             failure = f"internal error: {type(e).__name__}: {e}"
         finally:
-            if run.notify is not None:
-                run.notify.close()
-            self.svc.post(m.Exited(run.inst, code, failure))
+            if gated:
+                self.ctx.gate.leave()
+            if not parked:
+                self._ended(run, code, failure)
+
+    def _ended(self, run: Run, code: int | None, failure: str | None) -> None:
+        if run.notify is not None:
+            run.notify.close()
+        self.svc.post(m.Exited(run.inst, code, failure))
 
     def _refresh_unit(self, run: Run) -> tuple[ResolvedUnit, str | None]:
         """Resolve again (env files are read at each start) and check required paths."""
@@ -203,45 +234,15 @@ class ProcessHost:
             self.pattern_key = pats
 
     async def _prepare(self, unit: ResolvedUnit) -> str | None:
-        spec = unit.spec.prepare
-        assert spec is not None and unit.prepare_argv is not None
-        stamp = self.ctx.state_dir / "prepare" / f"{self.name}.hash"
-        digest = None
-        if unit.prepare_paths:
-            digest = await anyio.to_thread.run_sync(contenthash.hash_paths, list(unit.prepare_paths))
-            try:
-                if stamp.read_text().strip() == digest:
-                    self._tell(f"prepare skipped: {', '.join(map(str, unit.prepare_paths))} unchanged")
-                    return None
-            except OSError:
-                pass
-        self._tell(f"prepare: {' '.join(unit.prepare_argv)}")
-        try:
-            code, out = await run_to_completion(
-                self.ctx.reaper, unit.prepare_argv, cwd=unit.cwd, env=self.ctx.environment(unit),
-                timeout=spec.timeout, tag=f"{self.name}.prepare", pdeathsig=False, credentials=unit_credentials(unit))
-        except SpawnError as e:
-            return f"prepare failed: {e}"
-        except TimeoutError as e:
-            self._write_log(getattr(e, "output", b""))
-            return f"prepare did not finish within {spec.timeout:g}s"
-        self._write_log(out)
-        if code != 0:
-            last = out.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-            return f"prepare exited {code}: {last[0][:200]}"
-        if digest is not None:
-            from supervisor.engine.statedir import make_private_dir, write_private  # 0700 / 0600, whatever the umask
-            make_private_dir(stamp.parent)
-            write_private(stamp, digest + "\n")
-        return None
+        ctx = self.ctx
+        return await run_prepare(unit, reaper=ctx.reaper, stamp=ctx.state_dir / "prepare" / f"{self.name}.hash",
+                                 env=ctx.environment(unit), write_log=self._write_log, tell=self._tell)
 
-    async def _run_process(self, run: Run, unit: ResolvedUnit) -> tuple[int | None, str | None]:
+    async def _with_followers(self, run: Run, unit: ResolvedUnit) -> tuple[int | None, str | None]:
         """Follow the tailed files from their current end, then spawn and supervise.
 
         Followers start before the process so that nothing it writes is missed, and from the end so that a
         marker left in the file by an earlier run never counts for this one."""
-        if not unit.tail:   # nothing to follow: no task group to hold (it costs memory per service)
-            return await self._spawn_and_supervise(run, unit)
         async with anyio.create_task_group() as tg:
             attached = []
             for path in unit.tail:
@@ -261,7 +262,9 @@ class ProcessHost:
         failure = await self._spawn(run, unit)
         if failure is not None:
             return None, failure
-        return await self._supervise(run, unit)
+        ended = await self._lifetime(run, unit).supervise()   # not parked: the followers go on meanwhile
+        assert ended is not None
+        return ended
 
     async def _spawn(self, run: Run, unit: ResolvedUnit) -> str | None:
         if (shortage := fd_shortage()) is not None:   # out of descriptors: fail, leaving qasup enough to go on
@@ -313,8 +316,9 @@ class ProcessHost:
         self.svc.post(m.Spawned(run.inst))
         return None
 
-    async def _supervise(self, run: Run, unit: ResolvedUnit) -> tuple[int | None, str | None]:
-        """Capture output into the log file, the scanner and the echo; the rest is the run's :class:`Lifetime`."""
+    def _lifetime(self, run: Run, unit: ResolvedUnit, park: bool = False) -> Lifetime:
+        """Capture output into the log file, the scanner and the echo; the rest is the run's :class:`Lifetime`
+        (``park``: it may wait with no task of its own, and then ends the run itself, as :meth:`_ended`)."""
         scanner = self._scanner(run, unit)
         sinks: list[Callable[[bytes], None]] = [self._write_log]
         flushes: list[Callable[[], None]] = []
@@ -325,7 +329,8 @@ class ProcessHost:
             es = self.ctx.echo.line_writer(self.name)
             sinks.append(es.write)
             flushes.append(es.flush)
-        return await Lifetime(self.svc, run, unit, sinks=sinks, flushes=flushes, say=self.ctx.say).supervise()
+        return Lifetime(self.svc, run, unit, sinks=sinks, flushes=flushes, say=self.ctx.say,
+                        tg=self.tg if park else None, on_end=partial(self._ended, run) if park else None)
 
     async def _follow(self, path: Path, scanner: LineScanner, started: anyio.Event) -> None:
         try:
@@ -374,9 +379,8 @@ class ProcessHost:
             if self.logfile is not None:
                 self.logfile.close()
             log = unit.spec.log
-            self.logfile = RotatingFile(unit.log_file, log.max_bytes, log.backups,
-                                             on_problem=lambda msg: self.ctx.say(f"{self.name}: {msg}"),
-                                             counts=self.svc.counters.log)
+            self.logfile = RotatingFile(unit.log_file, log.max_bytes, log.backups, on_problem=self._tell,
+                                        counts=self.svc.counters.log)
 
     def _write_log(self, data: bytes) -> None:
         if self.logfile is None:
@@ -386,13 +390,6 @@ class ProcessHost:
                 return
         assert self.logfile is not None
         self.logfile.write(data)
-
-
-def environment_with(daemon_variable: str, daemon_id: str) -> Callable[[ResolvedUnit], dict[str, str]]:
-    """The environment of a unit's processes: its own plus this daemon's id (found by the guardian)."""
-    def env_of(unit: ResolvedUnit) -> dict[str, str]:
-        return {**unit.env, daemon_variable: daemon_id}
-    return env_of
 
 
 __all__ = ["DRAIN_AFTER_EXIT", "HostContext", "ProcessHost", "environment_with"]

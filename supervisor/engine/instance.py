@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from supervisor.plan.result import ServicePlan
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Instance:
     """One run of a service (prepare, spawn, readiness, exit), as the state machine sees it.
 

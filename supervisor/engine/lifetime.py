@@ -13,22 +13,28 @@ and waits for the run's end:
 A run ends when its main process has exited, its output was read to the end and none of its processes remain:
 leftovers get ``[stop] signal`` and the unit's full ``[stop] timeout`` before SIGKILL. A stop (:func:`stop_run`)
 owns the tree from its first signal on: the run waits for it rather than signalling anything itself.
+
+What a running service holds: the run's own task reads its output (no second task, no task group) and, for a
+run with nothing to probe or watch, not even that once the output has been quiet for :data:`QUIET_AFTER`: the
+run *parks* (a loop reader on its pipe and a future on its exit), and the first output or the exit starts a
+task again in the stack's group, which reads and parks again, or ends the run as the first task would have.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import field
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.abc
 
 from supervisor.engine import messages as m
 from supervisor.engine.instance import Instance
 from supervisor.engine.sdnotify import RunNotify
 from supervisor.engine.states import ServiceState
-from supervisor.logs.capture import capture
+from supervisor.logs.capture import QUIET, Capture
 from supervisor.proc.flag import Flag
 from supervisor.proc.pidfile import MainProcess, find_main
 from supervisor.proc.reaper import Child
@@ -43,25 +49,29 @@ if TYPE_CHECKING:
     from supervisor.plan.resolve import ResolvedUnit
 
 DRAIN_AFTER_EXIT = 2.0   # seconds to wait for the pipe's EOF after the main process exited, before stopping leftovers
+QUIET_AFTER = 0.25   # seconds of quiet output after which a run with nothing to probe or watch parks (no task)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Run:
     """The I/O side of one instance."""
 
     inst: Instance
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    scope: anyio.CancelScope | None = None   # the prepare step's, while it runs (a stop cancels it)
+    cancelled: bool = False              # a stop or kill came before the spawn: the run never starts its process
     child: Child | None = None           # the spawned process (a forking service's launcher)
     main: MainProcess | None = None      # a forking service's daemon, once known
     main_known: Flag | None = None       # forking only: set once the daemon is known
     marker: LogMarker | None = None
-    probes: list[Probe] = field(default_factory=list)
+    probes: Sequence[Probe] = ()
     live_log: LiveLog | None = None
-    live_checks: list[Check] = field(default_factory=list)
+    live_checks: Sequence[Check] = ()
     notify: RunNotify | None = None      # [ready] notify: the run's NOTIFY_SOCKET and what came on it
     read_fd: int = -1
     stopping: bool = False               # a terminate owns the tree (a stop, or the stop of leftovers)
-    stopped: Flag = field(default_factory=Flag)   # set when that terminate has returned
+    stopped: Flag | None = None          # made by that terminate, set when it has returned
+    parked: bool = False                 # no task waits for the run now (Lifetime._park)
+    queued: Callable[[], None] | None = None   # how it starts once the spawn gate lets it (engine.gate)
 
     def main_pid(self) -> int | None:
         """The main process's pid while it runs."""
@@ -77,10 +87,11 @@ async def stop_run(run: Run, sig: int, timeout: float, mode: str) -> None:
     if run.stopping or run.child is None:
         return
     run.stopping = True
+    stopped = run.stopped = Flag()
     try:
         await terminate(run.child, sig, timeout, mode=mode, main=run.main)
     finally:
-        run.stopped.set()
+        stopped.set()
 
 
 def daemonized_message(left: Sequence[int]) -> str:
@@ -91,40 +102,167 @@ def daemonized_message(left: Sequence[int]) -> str:
             "memcached: without -d), or set type = \"forking\" (and pid_file) in its unit")
 
 
+class _Either:
+    """``Capture.pump``'s ``until`` for two flags: set once either is."""
+
+    __slots__ = ("a", "b")
+
+    def __init__(self, a: Flag, b: Flag) -> None:
+        self.a, self.b = a, b
+
+    def is_set(self) -> bool:
+        return self.a.is_set() or self.b.is_set()
+
+    def add_waiter(self, fut: asyncio.Future[None]) -> None:
+        self.a.add_waiter(fut)
+        self.b.add_waiter(fut)
+
+    def discard_waiter(self, fut: asyncio.Future[None]) -> None:
+        self.a.discard_waiter(fut)
+        self.b.discard_waiter(fut)
+
+
+Ended = Callable[[int | None, str | None], None]
+"""How a parked run reports its end: (exit code, failure), as :meth:`Lifetime.supervise` returns them."""
+
+
 class Lifetime:
-    """One spawned run (see the module's docstring); ``await Lifetime(...).supervise()`` -> (code, failure)."""
+    """One spawned run (see the module's docstring); ``await Lifetime(...).supervise()`` -> (code, failure), or
+    None when the run was parked (``tg`` and ``on_end`` given): it then ends by calling ``on_end`` later."""
+
+    __slots__ = ("svc", "run", "unit", "sinks", "say", "eof", "flushes", "forking", "left_behind", "failed_start",
+                 "tg", "on_end", "cap", "_exit_watch")
 
     def __init__(self, svc: Service, run: Run, unit: ResolvedUnit, *, sinks: Sequence[Callable[[bytes], None]],
-                 flushes: Sequence[Callable[[], None]], say: Callable[[str], None]) -> None:
+                 flushes: Sequence[Callable[[], None]], say: Callable[[str], None],
+                 tg: anyio.abc.TaskGroup | None = None, on_end: Ended | None = None) -> None:
         self.svc, self.run, self.unit = svc, run, unit
         self.sinks, self.say = sinks, say
         self.eof = Flag()
         self.flushes = [*flushes, self.eof.set]
         self.forking = unit.spec.type == "forking"
-        self.left_behind: list[int] = []   # what was left running after a natural exit of the main process
+        self.left_behind: Sequence[int] = ()   # what was left running after a natural exit of the main process
         self.failed_start = False          # the run never had a main process of its own
+        self.tg, self.on_end = tg, on_end
+        self.cap = Capture(run.read_fd, sinks, on_eof=self.flushes, on_sink_error=self._sink_error)
+        self._exit_watch: asyncio.Future[None] | None = None
         if self.forking:
             run.main_known = Flag()
 
-    async def supervise(self) -> tuple[int | None, str | None]:
-        run = self.run
-        assert run.child is not None
-        # The output is read by a task of its own (logs.capture.capture). A loop reader callback instead saved
-        # that task's ~3 KiB per running service, but measured 20-25 % slower on the 94 MB burst (bench scenario 3,
-        # A/B in one run), so it was taken out again.
+    async def supervise(self) -> tuple[int | None, str | None] | None:
+        run, cap = self.run, self.cap
+        child = run.child
+        assert child is not None
+        # The output is read by the run's own task while the main process runs (Capture.pump until its exit),
+        # so a running service holds one task, not two, and no task group of its own; a run with nothing to
+        # probe or watch parks once its output has been quiet for QUIET_AFTER (see _park): no task at all.
+        # Then a task reads the rest beside the end of the run (leftovers may hold the pipe). Reading stays in a
+        # task: a loop reader callback that read the pipe itself measured 20-25 % slower on the 94 MB burst.
+        if not (run.probes or run.main_known is not None or run.notify is not None or self.unit.live is not None):
+            self.svc.post(m.Ready(run.inst))   # nothing to wait for, nothing to watch: ready at the spawn
+            return await self._simple()
+        # probes only (no [live], notify or forking): once they are done, the run goes on as one with nothing to
+        # probe (and may park); the readiness task has returned then, so the task group is left empty
+        probed = None if self.forking or run.notify is not None or self.unit.live is not None else Flag()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._capture)
-            if run.probes or run.main_known is not None or run.notify is not None or self.unit.live is not None:
-                tg.start_soon(self._readiness)
-                if run.notify is not None:
-                    tg.start_soon(run.notify.serve, run.child, run.main_pid)
-            else:   # nothing to wait for, nothing to watch: ready at the spawn
-                self.svc.post(m.Ready(run.inst))
-            code, failure = await self._until_end(run.child)
-            tg.cancel_scope.cancel()
-        if run.child.forced:
+            if self.forking:   # the launcher's exit is only the start: the output is read beside it all along
+                tg.start_soon(cap.pump)
+            tg.start_soon(self._readiness, probed)
+            if run.notify is not None:
+                tg.start_soon(run.notify.serve, child, run.main_pid)
+            if not self.forking:
+                await cap.pump(until=child.exited if probed is None else _Either(child.exited, probed))
+                if probed is not None and probed.is_set() and not (cap.closed or child.exited.is_set()):
+                    code = failure = None   # the probes are done (their task has returned): go on below
+                else:
+                    probed = None
+                    if not cap.closed:
+                        tg.start_soon(cap.pump)
+            if probed is None:
+                code, failure = await self._until_end(child)
+                tg.cancel_scope.cancel()
+        if probed is not None:
+            return await self._simple()
+        return self._finish(code, failure)
+
+    async def _simple(self) -> tuple[int | None, str | None] | None:
+        """A run with nothing to probe or watch: its output until the main process exits, then its end; None
+        when it was parked instead (its output quiet for QUIET_AFTER)."""
+        cap, child = self.cap, self.run.child
+        assert child is not None
+        can_park = self.tg is not None and self.on_end is not None
+        if await cap.pump(until=child.exited, quiet_after=QUIET_AFTER if can_park else None) == QUIET:
+            self._park()
+            return None
+        if cap.closed:
+            code, failure = await self._until_end(child)
+        else:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cap.pump)
+                code, failure = await self._until_end(child)
+                tg.cancel_scope.cancel()
+        return self._finish(code, failure)
+
+    def _park(self) -> None:
+        """Wait with no task (a task, its frames and cancel scopes are ~4 KiB, and a stack holds hundreds of idle
+        services): the event loop calls :meth:`_wake` when there is output again or the main process exited."""
+        child = self.run.child
+        assert child is not None
+        self.run.parked = True
+        self.cap.watch(self._wake)
+        fut = self._exit_watch = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(self._exited)
+        child.exited.add_waiter(fut)
+
+    def _exited(self, fut: asyncio.Future[None]) -> None:
+        self._wake()
+
+    def _wake(self) -> None:
+        """The parked run goes on in a task of the stack's group (:meth:`_awake`)."""
+        run = self.run
+        if not run.parked:
+            return
+        run.parked = False
+        self.cap.unwatch()
+        fut, self._exit_watch = self._exit_watch, None
+        if fut is not None and run.child is not None:
+            run.child.exited.discard_waiter(fut)
+            fut.remove_done_callback(self._exited)
+        assert self.tg is not None
+        try:
+            self.tg.start_soon(self._awake)
+        except RuntimeError:   # the stack's task group is gone (the engine was cancelled): nothing can go on
+            self.cap.close()
+            assert self.on_end is not None
+            self.on_end(None, "internal error: the stack's task group has ended")
+
+    async def _awake(self) -> None:
+        """A woken run: read its output, then park again or end (``on_end``), as the run's task would have."""
+        code: int | None = None
+        failure: str | None = None
+        ended = True
+        try:
+            with anyio.CancelScope(shield=True):   # as the process part of a run's task (ProcessHost)
+                result = await self._simple()
+                if result is None:
+                    ended = False
+                else:
+                    code, failure = result
+        except Exception as e:
+            failure = f"internal error: {type(e).__name__}: {e}"
+        finally:
+            if ended:
+                assert self.on_end is not None
+                self.on_end(code, failure)
+
+    def _finish(self, code: int | None, failure: str | None) -> tuple[int | None, str | None]:
+        """The end of the run, once its main process exited, its output was read and no process is left."""
+        run = self.run
+        child = run.child
+        assert child is not None
+        if child.forced:
             self.svc.stack.note_forced(self.svc.name)   # a shutdown that had to SIGKILL exits 5
-        cgroup = getattr(run.child, "cgroup", None)
+        cgroup = getattr(child, "cgroup", None)
         if cgroup is not None and not cgroup.populated():
             cgroup.remove()   # the run is over: its cgroup goes with it
         if self.failed_start:
@@ -186,6 +324,7 @@ class Lifetime:
             stop = self.unit.spec.stop
             await stop_run(run, stop.signal, stop.timeout, "group")
         if run.stopping:
+            assert run.stopped is not None
             await run.stopped.wait()
         with anyio.move_on_after(DRAIN_AFTER_EXIT):
             await self.eof.wait()
@@ -193,10 +332,12 @@ class Lifetime:
     def _sink_error(self, sink: Callable[[bytes], None], exc: Exception) -> None:
         self.say(f"{self.svc.name}: log output handler failed: {type(exc).__name__}: {exc}")
 
-    async def _capture(self) -> None:
-        await capture(self.run.read_fd, self.sinks, on_eof=self.flushes, on_sink_error=self._sink_error)
+    async def _readiness(self, done: Flag | None = None) -> None:
+        await self._probe()
+        if done is not None:   # ready, or not in time (said): nothing left to probe or watch
+            done.set()
 
-    async def _readiness(self) -> None:
+    async def _probe(self) -> None:
         run, unit, post = self.run, self.unit, self.svc.post
         with anyio.move_on_after(unit.ready.timeout) as scope:
             await wait_ready(run.probes, unit.ready.mode)
@@ -211,7 +352,7 @@ class Lifetime:
         live = unit.live
         if live is None:
             return
-        async with anyio.create_task_group() as tg:
+        async with anyio.create_task_group() as tg:   # for as long as the run lasts
             if run.live_checks:
                 tg.start_soon(self._live, unit)
             if live.watchdog and run.notify is not None:

@@ -91,7 +91,7 @@ class RotatingFile:
     def __init__(self, path: Path, max_bytes: int, backups: int,
                  on_problem: Callable[[str], None] = lambda message: None,
                  clock: Callable[[], float] = time.monotonic, counts: LogCounts | None = None) -> None:
-        self.path = Path(path)
+        self.path = path if isinstance(path, Path) else Path(path)   # the unit's own (a service holds one)
         self.counts = LogCounts() if counts is None else counts
         self.max_bytes = max(0, int(max_bytes))
         self.backups = max(0, int(backups))

@@ -14,6 +14,8 @@ from dataclasses import field
 
 from supervisor.records import dataclass
 
+_NONE: frozenset[str] = frozenset()   # what a unit with no neighbours has (a stack of independent units)
+
 
 @dataclass(frozen=True)
 class Graph:
@@ -84,7 +86,7 @@ class Graph:
         hit = memo.get(name)
         if hit is None:
             hit = memo[name] = frozenset(self.requires.get(name, ()) + self.after.get(name, ())
-                                         + tuple(self.waiting_for(name)))
+                                         + tuple(self.waiting_for(name))) or _NONE   # one empty set for all
         return hit
 
     def _reverse(self, requires_only: bool) -> dict[str, list[str]]:

@@ -11,7 +11,7 @@ import os
 import re
 import shlex
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,50 @@ class LiveChecks(ReadyChecks):
     watchdog: float | None = None   # [live] watchdog: WATCHDOG=1 at least this often
 
 
+class UnitEnv(Mapping[str, str]):
+    """A unit's process environment without a copy of the daemon's: ``base`` (the environment qasup inherited,
+    one dict shared by every unit of a plan) under ``own`` (the unit's env files, ``env``, GPU variables and
+    ``QASUP_SERVICE``). The same mapping as ``{**base, **own}``, in the same order (``base``'s keys where they
+    are, then ``own``'s new ones), so a spawn gets the same environment, variable for variable and in order.
+    Read-only; equal to any mapping with the same items."""
+
+    __slots__ = ("base", "own")
+
+    def __init__(self, base: Mapping[str, str], own: Mapping[str, str]) -> None:
+        self.base = base
+        self.own = own
+
+    def __getitem__(self, key: str) -> str:
+        own = self.own
+        return own[key] if key in own else self.base[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.own or key in self.base
+
+    def __iter__(self) -> Iterator[str]:
+        base = self.base
+        yield from base
+        for k in self.own:
+            if k not in base:
+                yield k
+
+    def __len__(self) -> int:
+        base = self.base
+        return len(base) + sum(1 for k in self.own if k not in base)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, UnitEnv) and other.base is self.base and other.own == self.own:
+            return True
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return dict(self.items()) == dict(other.items())
+
+    __hash__ = None   # type: ignore[assignment]  # a mapping: unhashable, as a dict
+
+    def __repr__(self) -> str:
+        return f"UnitEnv({dict(self.items())!r})"
+
+
 @dataclass(frozen=True)
 class ResolvedUnit:
     """A unit with every ``${NAME}`` expanded and every path made absolute, ready to start."""
@@ -80,7 +124,7 @@ class ResolvedUnit:
     spec: UnitSpec
     argv: tuple[str, ...]
     cwd: Path
-    env: Mapping[str, str]                # the full process environment
+    env: Mapping[str, str]                # the full process environment (a UnitEnv, or a plain mapping)
     log_file: Path
     tail: tuple[Path, ...]
     requires_paths: tuple[Path, ...]
@@ -95,6 +139,15 @@ class ResolvedUnit:
     @property
     def name(self) -> str:
         return self.spec.name
+
+
+_ENVIRON = ("environ",)   # env_cache's key for the plan's snapshot of the environment (no path is a tuple)
+
+
+def sharing(environ: dict[str, str]) -> dict[Any, Any]:
+    """An ``env_cache`` for one :func:`resolve_unit` call whose unit takes ``environ`` itself as its base (no
+    copy): for a caller that resolves again and again from one snapshot that it never changes (the engine)."""
+    return {_ENVIRON: (environ, environ)}
 
 
 def builtins(stack: StackSpec, name: str) -> dict[str, str]:
@@ -122,8 +175,16 @@ def resolve_unit_anyway(stack: StackSpec, unit: UnitSpec, plan_env: Mapping[str,
     """:func:`resolve_unit`, returning the unit even when it has problems (a value that could not be expanded
     is left as written): for checks across units that must run alongside those problems (log files)."""
     # One snapshot of the environment per call: os.environ decodes on every access (a stack of a
-    # thousand units resolves a thousand times); merging plain dicts is cheap.
-    env0: dict[str, str] = dict(os.environ if environ is None else environ)
+    # thousand units resolves a thousand times); merging plain dicts is cheap. With ``env_cache`` (one plan),
+    # one snapshot for all its units: each unit's environment is that snapshot under its own values (UnitEnv).
+    source = os.environ if environ is None else environ
+    snap = env_cache.get(_ENVIRON) if env_cache is not None else None
+    if snap is not None and snap[0] is source:
+        env0: dict[str, str] = snap[1]
+    else:
+        env0 = dict(source)
+        if env_cache is not None:
+            env_cache[_ENVIRON] = (source, env0)
     base = {**env0, **builtins(stack, unit.name)}
 
     def x(text: str, key: str, lookup: Mapping[str, str]) -> str:
@@ -196,7 +257,7 @@ def resolve_unit_anyway(stack: StackSpec, unit: UnitSpec, plan_env: Mapping[str,
 
     if unit.external:   # runs elsewhere: its probes only (its spec has no command, log, prepare, GPU or paths)
         gpu_env = {}
-    proc_env = {**env0, **files, **unit_env, **gpu_env, "QASUP_SERVICE": unit.name}
+    proc_env = UnitEnv(env0, {**files, **unit_env, **gpu_env, "QASUP_SERVICE": unit.name})
     return ResolvedUnit(
         spec=unit, argv=argv, cwd=cwd, env=proc_env, log_file=log_file, tail=tail, requires_paths=req_paths,
         prepare_argv=prep_argv, prepare_paths=prep_paths or (), ready=ready, rules=tuple(rules),

@@ -41,6 +41,19 @@ class Flag:
             await anyio.lowlevel.checkpoint()
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.add_waiter(fut)
+        try:
+            await fut
+        finally:
+            self.discard_waiter(fut)
+
+    def add_waiter(self, fut: asyncio.Future[None]) -> None:
+        """Resolve ``fut`` at ``set()`` (at once when set already): for a wait on this or something else,
+        such as a pipe (``logs.capture.Capture.pump``). ``discard_waiter`` once done with it."""
+        if self._set:
+            if not fut.done():
+                fut.set_result(None)
+            return
         waiters = self._waiters
         if waiters is None:
             self._waiters = fut
@@ -48,12 +61,8 @@ class Flag:
             waiters.append(fut)
         else:
             self._waiters = [waiters, fut]
-        try:
-            await fut
-        finally:
-            self._forget(fut)
 
-    def _forget(self, fut: asyncio.Future[None]) -> None:
+    def discard_waiter(self, fut: asyncio.Future[None]) -> None:
         waiters = self._waiters
         if waiters is fut:
             self._waiters = None

@@ -67,6 +67,11 @@ class Child:
     def __repr__(self) -> str:
         return f"<Child pid={self.pid} tag={self.tag!r} returncode={self.returncode}>"
 
+    @property
+    def exited(self) -> Flag:
+        """Set once the reaper has collected the leader's status (``returncode`` is known then)."""
+        return self._exited
+
     async def wait(self) -> int:
         """The leader's exit code, once the reaper has collected it."""
         await self._exited.wait()
