@@ -85,8 +85,7 @@ def rows(scale_sizes: tuple[int, ...]) -> list[Row]:
                        target="<= ~12 KiB", check=lambda q, r: q <= 12.5))
         out += [Row(6, f"floor: an anyio program's RSS per pipe{what} (slope {lo} to {hi}; benchkit/taskfloor.py)",
                     f"floor_{t}_kib", "KiB", other="")
-                for t, what in ((0, " with no task"), (1, " + 1 task waiting on it"), (2, " + 2 tasks (qasup's "
-                                "capture and run)"))]
+                for t, what in ((0, " with no task"), (1, " + 1 task waiting on it"), (2, " + 2 tasks"))]
     out += [
         Row(7, "SIGKILL of a service to its new pid", "new_pid_ms", "ms"),
         Row(7, "SIGKILL to ready again (qasup) / RUNNING again (supervisord)", "back_ms", "ms"),
@@ -266,13 +265,11 @@ def bounds(lines: list[Line], results: dict[int, Result]) -> list[str]:
             per_q = med(6, "per_service_kib")
             f0, f1, f2 = (med(6, f"floor_{t}_kib") for t in (0, 1, 2))
             if per_q is not None and per_sv is not None:
-                floor = (f" An anyio task costs {f1 - f0:.1f} KiB by itself here (the floor rows): a running qasup "
-                         f"service holds two (the instance's run task and its capture task), {f2:.1f} KiB with "
-                         f"their pipe, so ~{per_q - f2:.1f} KiB is qasup's own data (unit, plan, service and "
-                         f"instance objects, counters, environment)." if None not in (f0, f1, f2) else "")
+                floor = (f" An anyio task costs {f1 - f0:.1f} KiB by itself here (the floor rows); an idle qasup "
+                         f"service holds none (a quiet run parks on a loop reader and a future), so what it costs "
+                         f"is its data: unit, plan, service and run objects, counters, environment."
+                         if None not in (f0, f1, f2) else "")
                 out.append(f"Memory ({ln.row.label}: {fmt(ln.q, ln.row.unit)}): one more idle service costs qasup "
-                           f"{per_q:.1f} KiB and supervisord {per_sv:.1f} KiB here.{floor} Meeting ~12 KiB would "
-                           f"take an idle service with no task of its own (callbacks on the event loop instead), "
-                           f"which the engine does not do.")
+                           f"{per_q:.1f} KiB and supervisord {per_sv:.1f} KiB here.{floor}")
             break
     return out
