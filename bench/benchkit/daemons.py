@@ -285,6 +285,9 @@ def ensure_qasup(venv: Path, repo: Path, log) -> str:
         base = getattr(sys, "_base_executable", sys.executable)
         subprocess.run([base, "-m", "venv", str(venv)], env=env, check=True)
         subprocess.run(pip + [str(repo)], env=env, check=True, cwd=tempfile.gettempdir())
+    if subprocess.run([str(python), "-c", "import sanic"], env=env, capture_output=True).returncode != 0:
+        log(f"installing sanic into {venv} (scenario 8 runs a Sanic app with qasup's interpreter)")
+        subprocess.run(pip + ["sanic>=23.12"], env=env, check=False, cwd=tempfile.gettempdir())
     log(f"installing this checkout into {venv} (pip install, not editable)")
     with tempfile.TemporaryDirectory(prefix="qasup-bench-build-") as build:
         # a copy of what the package is made of, so that pip's build/ folder and egg-info never land in the checkout
