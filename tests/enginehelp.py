@@ -4,18 +4,28 @@ read what it records, and make sure nothing it started outlives the test.
 Every run carries a unique marker in its environment (``QASUP_TEST_MARK``); services inherit qasup's
 environment, so :meth:`Up.leftovers` finds every process of the run in ``/proc`` (setsid'd grandchildren
 included) and the ``up`` fixture SIGKILLs and reports whatever is left at teardown.
+
+:meth:`Up.status` is the CLI's ``status --json`` (its exit code included); :meth:`Up.rows` and
+:meth:`Up.service_status` read the same document from the control socket in this process, which a poll loop can
+call without starting a Python per try. :func:`together` runs a module's independent tests side by side.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +72,23 @@ def to_toml(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_ports_given: set[int] = set()
+_ports_lock = threading.Lock()
+
+
+def free_port() -> int:
+    """A free TCP port of 127.0.0.1, never one this process handed out before: tests that run side by side
+    (:func:`together`) each pick ports that a service binds only later, and must not pick the same one."""
+    with _ports_lock:
+        while True:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port not in _ports_given:
+                _ports_given.add(port)
+                return port
+
+
 def poll(pred: Callable[[], Any], timeout: float, what: str | Callable[[], str], pause: float = 0.02) -> Any:
     """Call ``pred`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -72,6 +99,27 @@ def poll(pred: Callable[[], Any], timeout: float, what: str | Callable[[], str],
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what() if callable(what) else what}")
         time.sleep(pause)
+
+
+def api_status(socket_path: Path, context: str | Callable[[], str] = "", timeout: float = 20.0) -> dict:
+    """GET /v1/status on a daemon's control socket, in this process: the status document (``qasup status --json``
+    prints it as it is). Waits up to ``timeout`` for a daemon that does not answer yet; fails on any answer but
+    200."""
+    from supervisor.control import client
+
+    def answer() -> tuple[int, Any] | None:
+        try:
+            return client.request(socket_path, "GET", "/v1/status", timeout=10)
+        except client.NoDaemon:
+            return None
+    code, doc = poll(answer, timeout, lambda: f"an answer on {socket_path}; {context() if callable(context) else context}")
+    assert code == 200 and isinstance(doc, dict), (code, doc)
+    return doc
+
+
+def all_ready(doc: dict) -> bool:
+    """Whether every enabled service of a status document is ready (when ``qasup status`` exits 0)."""
+    return all(s["state"] == "ready" for s in doc["services"] if s["state"] != "disabled")
 
 
 def marked_pids(marker: str) -> list[int]:
@@ -192,6 +240,7 @@ class Up:
         return (self.root / "logs" / f"{name}.log").read_bytes()
 
     def status(self, *names: str) -> tuple[int, dict | None]:
+        """``qasup status --json NAMES``, the CLI as a subprocess: its exit code and the document it printed."""
         env = {k: v for k, v in os.environ.items() if k != "QASUP_SOCKET"}
         r = subprocess.run([PY, "-m", "supervisor", "status", "--json", *names], cwd=self.root, env=env,
                            capture_output=True, timeout=20)
@@ -200,10 +249,17 @@ class Up:
         except ValueError:
             return r.returncode, None
 
+    @property
+    def socket_path(self) -> Path:
+        return self.state_dir / "qasup.sock"
+
+    def rows(self) -> dict[str, dict]:
+        """Every service's status row, by name, from the document ``qasup status --json`` prints (GET /v1/status),
+        read in this process: a CLI start per read would compete for the CPU with what a poll waits for."""
+        return {s["name"]: s for s in api_status(self.socket_path, lambda: f"output so far:\n{self.out}")["services"]}
+
     def service_status(self, name: str) -> dict:
-        code, doc = self.status()
-        assert doc is not None, f"status answered {code}"
-        return next(s for s in doc["services"] if s["name"] == name)
+        return self.rows()[name]
 
     # ---------------------------------------------------------------- life cycle
 
@@ -291,3 +347,101 @@ def unshare_problem() -> str | None:
     if r.returncode != 0:
         return f"unshare --pid --fork --mount-proc is not permitted here: {r.stderr.decode().strip()}"
     return None
+
+
+# ------------------------------------------------------------------------------------------ together
+# Run a module's independent daemon tests at the same time: most of such a test is waiting (for a daemon to
+# start, a probe to pass, a time-out to run out), so a few of them side by side take about as long as the longest.
+#
+# A test marked with :func:`together` keeps its body and its assertions; what changes is when the body runs. The
+# module's first ``together`` test starts the bodies of every selected ``together`` test of the module in a small
+# pool of threads (:data:`WORKERS`), each with fixtures of its own, made as the ordinary ones are:
+#
+# * ``tmp_path``: a fresh folder (``tmp_path_factory.mktemp``, named as the fixture names it);
+# * ``stack``: :class:`Stack` on that folder;
+# * ``up``: the factory of :func:`up`; at the body's end every run it made is cleaned up and nothing it
+#   started may be left (the fixture's teardown assertion, raised in the test);
+# * any other name: the context manager the module maps it to in ``TOGETHER_FIXTURES`` (entered for the body).
+#
+# Each test then waits for its own body and fails, skips or passes as the body did: a failed assertion is
+# reported in the test it belongs to. Parametrized tests work: ``together`` goes above ``pytest.mark.parametrize``.
+# A test of the module that is not ``together`` runs once the bodies are done (:func:`together_alone`), alone.
+#
+# Only for tests that change nothing shared by the whole test process (the umask, the working folder, signal
+# handlers, resource limits, the environment) and whose time bounds hold with a few daemons beside them.
+
+WORKERS = 3
+"""Bodies at once (on 2 cores: a daemon test mostly waits)."""
+
+RESULTS = "together_results"
+
+
+def together(body: Callable[..., None]) -> Callable[..., None]:
+    """Mark a test to run at the same time as the module's other ``together`` tests (see this section's comment)."""
+    marks = getattr(body, "pytestmark", [])
+    params = [name.strip() for m in marks if m.name == "parametrize"
+              for name in (m.args[0].split(",") if isinstance(m.args[0], str) else m.args[0])]
+
+    def test(**kwargs: Any) -> None:
+        kwargs[RESULTS][kwargs["request"].node.nodeid].result(timeout=600)
+
+    test.__name__, test.__qualname__, test.__doc__ = body.__name__, body.__qualname__, body.__doc__
+    test.__module__ = body.__module__
+    test.__signature__ = inspect.Signature(   # type: ignore[attr-defined]
+        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in [RESULTS, "request", *params]])
+    test.together_body = body   # type: ignore[attr-defined]
+    test.pytestmark = marks   # type: ignore[attr-defined]
+    return test
+
+
+def _run(body: Callable[..., None], tmp: Path, params: dict[str, Any], makers: dict[str, Callable[[], Any]]) -> None:
+    runs: list[Up] = []
+
+    def make() -> Up:
+        u = Up(tmp, uuid.uuid4().hex)
+        runs.append(u)
+        return u
+
+    given: dict[str, Callable[[], Any]] = {"tmp_path": lambda: tmp, "stack": lambda: Stack(tmp), "up": lambda: make}
+    try:
+        with contextlib.ExitStack() as entered:
+            kwargs = {name: params[name] if name in params else
+                      given[name]() if name in given else entered.enter_context(makers[name]())
+                      for name in inspect.signature(body).parameters}
+            body(**kwargs)
+    finally:
+        problems = [p for u in runs for p in u.cleanup()]
+        assert not problems, "processes left behind:\n" + "\n".join(problems)
+
+
+_started: dict[object, list[Future[None]]] = {}
+"""The bodies started, by module."""
+
+
+@pytest.fixture(autouse=True)
+def together_alone(request: pytest.FixtureRequest) -> None:
+    """A test that is not ``together`` runs with none of its module's ``together`` bodies beside it."""
+    if not hasattr(request.function, "together_body"):
+        wait(_started.get(request.module, ()))
+
+
+@pytest.fixture(scope="module")
+def together_results(request: pytest.FixtureRequest,
+                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future[None]]]:
+    """The bodies of the module's selected ``together`` tests, started at once: ``nodeid -> Future``."""
+    makers = getattr(request.module, "TOGETHER_FIXTURES", {})
+    pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="together")
+    futures: dict[str, Future[None]] = {}
+    for item in request.session.items:
+        fn = getattr(item, "function", None)
+        if item.module is not request.module or not hasattr(fn, "together_body"):
+            continue
+        params = item.callspec.params if hasattr(item, "callspec") else {}
+        tmp = tmp_path_factory.mktemp(re.sub(r"[\W]", "_", item.name)[:30])   # made here: mktemp is not thread-safe
+        futures[item.nodeid] = pool.submit(_run, fn.together_body, tmp, params, makers)
+    _started[request.module] = list(futures.values())
+    try:
+        yield futures
+    finally:
+        pool.shutdown(wait=True, cancel_futures=False)
+        _started.pop(request.module, None)

@@ -9,9 +9,14 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from supervisor.control import client
+
+from enginehelp import all_ready, api_status, free_port, together, together_alone, together_results  # noqa: F401  (fixtures)
 
 PY = sys.executable
 
@@ -29,14 +34,14 @@ def cli(root: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProc
                           timeout=timeout, env={**os.environ, "NO_COLOR": "1"})
 
 
-def poll(predicate, timeout: float = 15.0, what: str = "condition"):
+def poll(predicate, timeout: float = 15.0, what: str | Callable[[], str] = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
 
 
 class Daemon:
@@ -47,8 +52,9 @@ class Daemon:
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def status(self) -> dict:
-        r = cli(self.root, "status", "--json")
-        return json.loads(r.stdout) if r.stdout.strip().startswith("{") else {}
+        """The status document, read in this process (``status --json`` prints it; a CLI start per poll would
+        compete for the CPU with what the poll waits for). The CLI's own output is asserted where it is tested."""
+        return api_status(self.root / ".qasup" / "qasup.sock", self.output)
 
     def service(self, name: str) -> dict:
         for s in self.status().get("services", []):
@@ -101,22 +107,77 @@ UNITS = {
 }
 
 
-@pytest.fixture
-def daemon(tmp_path):
-    write_units(tmp_path, UNITS, '[stack]\nname = "e2e"\nstop_budget = "10s"\n')
-    d = Daemon(tmp_path)
+STACK = '[stack]\nname = "e2e"\nstop_budget = "10s"\n'
+
+
+def marked(keep: set[int]) -> list[int]:
+    """Processes with MARK in their command line, but ``keep``."""
+    found = subprocess.run(["pgrep", "-f", MARK], capture_output=True, text=True).stdout.split()
+    return [int(pid) for pid in found if int(pid) not in keep]
+
+
+def kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(tmp_path_factory):
+    """One daemon for the tests that take :func:`daemon` (each acts on its three services; ``daemon`` puts back
+    what the test before changed): one start and one shutdown for all of them, not one per test."""
+    root = tmp_path_factory.mktemp("e2e")
+    write_units(root, UNITS, STACK)
+    d = Daemon(root)
     try:
-        poll(lambda: cli(tmp_path, "status").returncode == 0, 20, "stack ready")
+        poll(lambda: all_ready(d.status()), 20, "stack ready")
         yield d
     finally:
         d.close()
-        leftovers = subprocess.run(["pgrep", "-f", MARK], capture_output=True, text=True).stdout.split()
-        for pid in leftovers:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except OSError:
-                pass
+        leftovers = marked(set())
+        kill_all(leftovers)
         assert not leftovers, f"processes left behind: {leftovers}"
+
+
+def _put_back(d: Daemon) -> None:
+    """The units as written, every service started, the stack ready: what a fresh ``qasup up`` of UNITS gives."""
+    assert d.proc.poll() is None, f"the daemon exited ({d.proc.returncode}); output:\n{d.output()}"
+    sock = d.root / ".qasup" / "qasup.sock"
+    changed = False
+    for unit in (d.root / "services.d").glob("*.toml"):
+        if unit.stem not in UNITS:
+            unit.unlink()
+            changed = True
+    for name, text in UNITS.items():
+        unit = d.root / "services.d" / f"{name}.toml"
+        if unit.read_text() != textwrap.dedent(text):
+            unit.write_text(textwrap.dedent(text))
+            changed = True
+    if changed:
+        code, answer = client.request(sock, "POST", "/v1/reload", timeout=None)
+        assert 200 <= code < 300, (code, answer)
+    for s in d.status()["services"]:
+        if s["state"] == "stopped":
+            code, answer = client.request(sock, "POST", f"/v1/services/{s['name']}/start", timeout=None)
+            assert 200 <= code < 300, (code, answer)
+    poll(lambda: all_ready(st := d.status()) and st["stack"]["state"] == "ready", 20,
+         lambda: f"the stack ready again; output:\n{d.output()}")
+
+
+@pytest.fixture
+def daemon(shared_daemon):
+    """The shared daemon, as a fresh one would be; at the end, nothing the test started may be left (the
+    services' current processes aside)."""
+    _put_back(shared_daemon)
+    yield shared_daemon
+    current = {s["pid"] for s in shared_daemon.status()["services"] if s["pid"]}
+    deadline = time.monotonic() + 3
+    while (leftovers := marked(current)) and time.monotonic() < deadline:
+        time.sleep(0.05)   # a just-stopped instance may still be vanishing
+    kill_all(leftovers)
+    assert not leftovers, f"processes left behind: {leftovers}"
 
 
 def test_status_table_and_json(daemon):
@@ -126,7 +187,7 @@ def test_status_table_and_json(daemon):
     assert "ready" in lines[0]
     for name in ("db", "api", "web"):
         assert any(line.split()[0] == name and "ready" in line for line in lines[1:]), r.stdout
-    st = daemon.status()
+    st = json.loads(cli(daemon.root, "status", "--json").stdout)
     assert st["stack"]["state"] == "ready"
     by = {s["name"]: s for s in st["services"]}
     assert set(by) == {"db", "api", "web"}
@@ -240,6 +301,7 @@ def test_reload_restarts_only_changed(daemon):
     assert {s["name"]: s["pid"] for s in daemon.status()["services"]} == after
 
 
+@together
 def test_secrets_masked_in_plan(tmp_path):
     write_units(tmp_path, {"a": 'command = ["true"]\nenv = { API_KEY = "hunter2-secret" }\n'},
                 '[plan]\nllm_api = "cloud"\ngpus = [{index = 0, name = "RTX 4090", memory_total_mib = 24564}]\n')
@@ -247,11 +309,12 @@ def test_secrets_masked_in_plan(tmp_path):
     assert "hunter2" not in r.stdout
 
 
+@together
 def test_shutdown_verb_and_no_daemon(tmp_path):
     write_units(tmp_path, {"a": f'command = ["sh", "-c", "echo {MARK}; exec sleep 300"]\n'})
     d = Daemon(tmp_path)
     try:
-        poll(lambda: cli(tmp_path, "status").returncode == 0, 20, "ready")
+        poll(lambda: all_ready(api_status(tmp_path / ".qasup" / "qasup.sock")), 20, "ready")
         assert cli(tmp_path, "shutdown").returncode == 0
         assert d.proc.wait(15) == 0
     finally:
@@ -263,15 +326,13 @@ def test_shutdown_verb_and_no_daemon(tmp_path):
         assert cli(tmp_path, *verb).returncode == 4
 
 
+@together
 def test_tcp_listener_needs_a_long_token(tmp_path):
-    import socket as _socket
     import urllib.error
     import urllib.request
 
     write_units(tmp_path, {"a": f'command = ["sh", "-c", "echo {MARK}; exec sleep 300"]\n'})
-    with _socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     short = subprocess.run([PY, "-m", "supervisor", "up", "--listen", f"127.0.0.1:{port}"], cwd=tmp_path,
                            capture_output=True, text=True, timeout=30, env={**os.environ, "QASUP_TOKEN": "short"})
     assert short.returncode == 2 and "QASUP_TOKEN" in short.stderr
@@ -280,7 +341,7 @@ def test_tcp_listener_needs_a_long_token(tmp_path):
     proc = subprocess.Popen([PY, "-m", "supervisor", "up", "--listen", f"127.0.0.1:{port}"], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        poll(lambda: cli(tmp_path, "status").returncode == 0, 20, "ready")
+        poll(lambda: all_ready(api_status(tmp_path / ".qasup" / "qasup.sock")), 20, "ready")
         url = f"http://127.0.0.1:{port}/v1/status"
         with pytest.raises(urllib.error.HTTPError) as denied:
             urllib.request.urlopen(url, timeout=5)
@@ -293,6 +354,7 @@ def test_tcp_listener_needs_a_long_token(tmp_path):
         assert proc.wait(15) == 0
 
 
+@together
 def test_reload_restarts_a_service_whose_env_file_changed(tmp_path):
     write_units(tmp_path, {
         "reader": f'command = ["sh", "-c", "echo $$GREETING {MARK}; exec sleep 300"]\nenv_files = ["app.env"]\n',
@@ -301,7 +363,7 @@ def test_reload_restarts_a_service_whose_env_file_changed(tmp_path):
     (tmp_path / "app.env").write_text("GREETING=hello\n")
     d = Daemon(tmp_path)
     try:
-        poll(lambda: cli(tmp_path, "status").returncode == 0, 20, "ready")
+        poll(lambda: all_ready(api_status(tmp_path / ".qasup" / "qasup.sock")), 20, "ready")
         before = {s["name"]: s["pid"] for s in d.status()["services"]}
         r = cli(tmp_path, "reload")
         assert r.returncode == 0 and {s["name"]: s["pid"] for s in d.status()["services"]} == before
@@ -316,6 +378,14 @@ def test_reload_restarts_a_service_whose_env_file_changed(tmp_path):
         assert d.close() == 0
 
 
+def spawned(root: Path, name: str) -> list[int]:
+    """The pids the service was spawned with, in order, from events.jsonl."""
+    events = [json.loads(line) for line in (root / ".qasup" / "events.jsonl").read_text().splitlines()
+              if line.endswith("}")]
+    return [e["pid"] for e in events if e.get("service") == name and e.get("state") == "starting" and "pid" in e]
+
+
+@together
 def test_a_stop_during_a_restart_answers_both_requests(tmp_path):
     """`restart base` while base is starting, then `stop base`: the restart is answered at once (refused:
     the service ended stopped), not after its readiness time-out."""
@@ -331,8 +401,9 @@ def test_a_stop_during_a_restart_answers_both_requests(tmp_path):
         t0 = time.monotonic()
         restart = subprocess.Popen([PY, "-m", "supervisor", "restart", "base"], cwd=tmp_path,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        poll(lambda: d.service("base").get("restarts") == 0 and (tmp_path / ".qasup" / "events.jsonl").read_text()
-             .count('"state": "starting"') >= 2, 15, "the restart's new run")
+        # the restart's new run: a second instance spawned (each spawn is a "starting" event with its pid)
+        poll(lambda: d.service("base").get("restarts") == 0 and len(spawned(tmp_path, "base")) >= 2, 15,
+             "the restart's new run")
         stop = cli(tmp_path, "stop", "base")
         assert stop.returncode == 0, stop.stderr
         out, err = restart.communicate(timeout=15)

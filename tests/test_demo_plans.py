@@ -146,8 +146,10 @@ def run_demo_plan(demo: Path, plan: str, netns: bool) -> None:
             assert environ_of(running[name]["pid"]).get("CUDA_VISIBLE_DEVICES") == want, name
         # start order: nobody started before what it waits for was ready
         events = [json.loads(line) for line in (demo / ".qasup" / "events.jsonl").read_text().splitlines()]
-        started = {e["service"]: e["ts"] for e in events if e.get("state") == "starting" and "service" in e}
-        ready = {e["service"]: e["ts"] for e in events if e.get("state") == "ready" and "service" in e}
+        # the first move into each state (a message while ready, such as a warn rule's, is a ready -> ready event)
+        moves = [e for e in events if "service" in e and e.get("prev") != e["state"]]
+        started, ready = ({e["service"]: e["ts"] for e in reversed(moves) if e["state"] == state}
+                          for state in ("starting", "ready"))
         assert set(started) == expected
         for name, deps in requires.items():
             for d in deps:

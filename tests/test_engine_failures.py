@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from enginehelp import poll, stack, up  # noqa: F401  (fixtures)
+from enginehelp import poll, stack, together, together_alone, together_results, up  # noqa: F401  (fixtures)
 
 SLEEP = ["sh", "-c", "echo up; exec sleep 100"]
 FAST = {"delay": "50ms", "max_delay": "200ms"}
@@ -16,6 +16,7 @@ def starts(u, name: str) -> list[float]:
             and e.get("prev") not in ("starting", "preparing")]
 
 
+@together
 def test_dependency_failing_for_good_fails_its_dependents_with_its_name(stack, up, tmp_path):
     stack.unit("db", command=["sh", "-c", "echo up; sleep 0.5; exit 3"], ready={"log": "up"},
                restart={"policy": "never"})
@@ -38,10 +39,12 @@ def test_dependency_failing_for_good_fails_its_dependents_with_its_name(stack, u
     assert st["api"]["state"] == "failed" and "db" in st["api"]["last_error"]
     assert st["db"]["exit_code"] == 3
     assert st["other"]["state"] == "ready"
-    assert u.status()[0] == 3 and u.status()[1]["stack"]["state"] == "degraded"
+    code, doc = u.status()
+    assert code == 3 and doc["stack"]["state"] == "degraded"
     assert u.stop() == 0
 
 
+@together
 def test_restarting_dependency_makes_dependents_wait_and_start_once(stack, up, tmp_path):
     count = tmp_path / "count"
     script = (f'echo x >> "{count}"; n=$(wc -l < "{count}"); if [ "$n" -lt 3 ]; then exit 1; fi; '
@@ -85,6 +88,7 @@ def test_abort_rule_stops_the_stack_within_a_second_with_context(stack, up, tmp_
     assert any(e.get("stack") == "aborted" for e in u.events())
 
 
+@together
 def test_rules_count_within_restart_fail_warn(stack, up, tmp_path):
     # fail: the 3rd match within 1 s; two early matches then a pause longer than the window do not count
     stack.unit("counted", command=["sh", "-c", "echo up; echo oops; echo oops; sleep 1.2; echo oops; sleep 0.1; "
@@ -118,6 +122,7 @@ def test_rules_count_within_restart_fail_warn(stack, up, tmp_path):
     assert u.stop() == 0
 
 
+@together
 def test_restart_policies(stack, up):
     stack.unit("always", command=["sh", "-c", "echo run; sleep 0.1; exit 0"], restart={"policy": "always", **FAST})
     stack.unit("onfail-ok", command=["sh", "-c", "sleep 0.1; exit 0"], restart={"policy": "on-failure", **FAST})
@@ -161,6 +166,7 @@ def test_crash_loop_follows_backoff_then_gives_up_and_stack_goes_on_degraded(sta
     assert u.stop() == 0
 
 
+@together
 def test_give_up_abort_exits_1(stack, up):
     stack.unit("loop", command=["sh", "-c", "exit 2"],
                restart={"policy": "always", "delay": "50ms", "max_restarts": 2, "on_give_up": "abort"})

@@ -9,7 +9,7 @@ import os
 import stat
 import subprocess
 
-from enginehelp import PY, poll, stack, standin, up  # noqa: F401  (fixtures)
+from enginehelp import PY, poll, stack, standin, together, together_alone, together_results, up  # noqa: F401  (fixtures)
 
 
 def expected_lines(count: int, size: int) -> bytes:
@@ -20,6 +20,7 @@ def expected_lines(count: int, size: int) -> bytes:
     return b"".join(out)
 
 
+@together
 def test_94mb_burst_arrives_byte_identical(stack, up, tmp_path):
     data = expected_lines(1_000_000, 94)
     assert len(data) == 94_000_000
@@ -37,6 +38,7 @@ def test_94mb_burst_arrives_byte_identical(stack, up, tmp_path):
     assert log.stat().st_size == 94_000_000
 
 
+@together
 def test_rotation_under_load_loses_nothing(stack, up, tmp_path):
     stack.stack(echo=False)
     stack.unit("chatty", command=[PY, standin("svc_lines.py"), "100000", "100"],
@@ -52,6 +54,7 @@ def test_rotation_under_load_loses_nothing(stack, up, tmp_path):
     assert whole == expected_lines(100_000, 100) + b"done\n"
 
 
+@together
 def test_last_lines_of_a_fast_exiting_process_are_kept(stack, up, tmp_path):
     stack.unit("quick", command=["sh", "-c", 'i=0; while [ $i -lt 2000 ]; do echo "quick line $i"; i=$((i+1)); '
                                  'done; printf "the very last words"'], restart={"policy": "never"})
@@ -67,6 +70,7 @@ def test_last_lines_of_a_fast_exiting_process_are_kept(stack, up, tmp_path):
     assert u.stop() == 0
 
 
+@together
 def test_echo_prefixes_each_line_with_the_service_name(stack, up, tmp_path):
     stack.unit("alpha", command=["sh", "-c", "echo one; echo two >&2; printf 'three\\nfo'; sleep 0.1; echo ur; exec sleep 100"])
     stack.unit("beta.svc", command=["sh", "-c", "echo hello from beta; exec sleep 100"])
@@ -86,6 +90,7 @@ def test_echo_prefixes_each_line_with_the_service_name(stack, up, tmp_path):
     assert u.stop() == 0
 
 
+@together
 def test_a_deleted_log_file_is_created_again_and_logs_shows_it(stack, up, tmp_path):
     stack.stack(echo=False)
     stack.unit("ticker", command=["sh", "-c", 'i=0; while :; do echo "tick $i"; i=$((i+1)); sleep 0.02; done'],
@@ -109,6 +114,7 @@ def test_a_deleted_log_file_is_created_again_and_logs_shows_it(stack, up, tmp_pa
     assert u.stop() == 0
 
 
+@together
 def test_a_line_three_times_max_bytes_is_kept_whole_in_one_file(stack, up, tmp_path):
     long_line = "L" * 2999
     script = ("import sys, time\n"
@@ -134,6 +140,7 @@ def test_a_line_three_times_max_bytes_is_kept_whole_in_one_file(stack, up, tmp_p
     assert all(len(p) <= 1000 for p in parts if b"L" not in p)
 
 
+@together
 def test_state_folder_is_0700_and_its_files_0600_under_umask_000(stack, up, tmp_path):
     state = tmp_path / ".qasup"
     state.mkdir()

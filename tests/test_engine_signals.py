@@ -10,11 +10,12 @@ import uuid
 
 import pytest
 
-from enginehelp import PY, alive, poll, stack, standin, up  # noqa: F401  (fixtures)
+from enginehelp import PY, alive, poll, stack, standin, together, together_alone, together_results, up  # noqa: F401  (fixtures)
 
 SLEEP = ["sh", "-c", "echo up; exec sleep 100"]
 
 
+@together
 def test_exit_codes_are_reported_exactly_even_in_an_orphan_storm(stack, up):
     never = {"policy": "never"}
     stack.unit("seven", command=[PY, standin("svc_exit.py"), "--orphans", "300", "--delay", "0.3", "--code", "7"],
@@ -43,6 +44,7 @@ def test_exit_codes_are_reported_exactly_even_in_an_orphan_storm(stack, up):
     assert u.stop() == 0
 
 
+@together
 def test_orphans_of_services_are_reaped_by_qasup(stack, up, tmp_path):
     # the service double-forks a daemon, which is re-parented to qasup (a child subreaper), not to PID 1
     stack.unit("tree", command=[PY, standin("svc_tree.py")], env={"TREE_PIDS": str(tmp_path / "pids")},
@@ -56,6 +58,7 @@ def test_orphans_of_services_are_reaped_by_qasup(stack, up, tmp_path):
     assert not alive(child) and not alive(daemon)
 
 
+@together
 def test_sigterm_and_sigint_are_an_ordered_shutdown_sigusr1_is_not_fatal(stack, up):
     stack.unit("a", command=SLEEP, ready={"log": "up"})
     stack.unit("b", command=SLEEP, requires=["a"])
@@ -96,6 +99,7 @@ def test_second_sigint_kills_everything_now(stack, up):
     assert u.leftovers() == []
 
 
+@together
 def test_a_shutdown_that_had_to_sigkill_exits_5_and_says_who(stack, up):
     stack.unit("stubborn", command=[PY, standin("svc_slowstop.py"), "--ignore-term"], ready={"log": "started"},
                stop={"timeout": "0.5s"})
@@ -110,6 +114,7 @@ def test_a_shutdown_that_had_to_sigkill_exits_5_and_says_who(stack, up):
     assert u.leftovers() == []
 
 
+@together
 def test_a_clean_shutdown_says_so_last_and_exits_0(stack, up):
     stack.unit("a", command=SLEEP, ready={"log": "up"})
     u = up().start()
@@ -119,6 +124,7 @@ def test_a_clean_shutdown_says_so_last_and_exits_0(stack, up):
     assert u.out.rstrip().splitlines()[-1] == "[qasup] stack stopped cleanly; exit 0"
 
 
+@together
 def test_sigkilled_qasup_does_not_leave_the_stack_running(stack, up, tmp_path):
     stack.unit("tree", command=[PY, standin("svc_tree.py")], env={"TREE_PIDS": str(tmp_path / "pids")},
                ready={"log": "tree up"})

@@ -8,21 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
-from enginehelp import PY, poll, stack, standin, up  # noqa: F401  (fixtures)
+from enginehelp import PY, free_port, poll, stack, standin, together, together_alone, together_results, up  # noqa: F401  (fixtures)
 
 GPUS = json.dumps([{"index": i, "name": "RTX 4090", "memory_total_mib": 24564, "memory_free_mib": 24000,
                     "compute_capability": "8.9"} for i in range(2)])
 SLEEP = ["sh", "-c", "echo up; exec sleep 100"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
+@together
 def test_service_gets_its_own_session_argv_cwd_env_and_gpu(stack, up, tmp_path):
     work = tmp_path / "work dir"
     work.mkdir()
@@ -57,6 +51,7 @@ def test_service_gets_its_own_session_argv_cwd_env_and_gpu(stack, up, tmp_path):
     assert u.stop() == 0
 
 
+@together
 def test_prepare_runs_first_and_when_changed_skips_it(stack, up, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
@@ -186,6 +181,7 @@ def test_readiness_http_tcp_exec_log_tail_and_modes(stack, up, tmp_path):
     assert u.stop() == 0
 
 
+@together
 def test_banner_and_time_printed_when_all_ready(stack, up):
     stack.stack(banner="Please visit http://${USER_IP}:8777/qanything/ now", name="demo")
     stack.unit("a", command=["sh", "-c", "sleep 0.2; echo go; exec sleep 100"], ready={"log": "go"})
@@ -201,6 +197,7 @@ def test_banner_and_time_printed_when_all_ready(stack, up):
     assert u.stop() == 0
 
 
+@together
 def test_marker_left_in_a_tailed_file_by_an_earlier_run_does_not_count(stack, up, tmp_path):
     tail = tmp_path / "own.log"
     tail.write_text("worker booted (yesterday)\n")          # an earlier run's marker

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from enginehelp import PY, alive, poll, stack, standin, unshare_problem, up  # noqa: F401  (fixtures)
+from enginehelp import PY, alive, poll, stack, standin, together, together_alone, together_results, unshare_problem, up  # noqa: F401  (fixtures)
 
 SLEEP = ["sh", "-c", "echo up; exec sleep 100"]
 
@@ -86,6 +86,7 @@ def test_shutdown_respects_stop_budget(stack, up):
     assert u.leftovers() == []
 
 
+@together
 def test_pid1_reaps_orphans_reports_exit_codes_and_stops_in_order(stack, up):
     problem = unshare_problem()
     if problem:
@@ -110,6 +111,7 @@ def test_pid1_reaps_orphans_reports_exit_codes_and_stops_in_order(stack, up):
     assert ev["a", "stopping"] >= ev["b", "stopped"]
 
 
+@together
 def test_log_and_state_folders_are_created_or_a_clear_error(stack, up, tmp_path):
     stack.stack(log_dir="deep/logs", state_dir="var/state/qasup")
     stack.unit("a", command=SLEEP, ready={"log": "up"}, log={"file": "other/place/a.log"})
@@ -143,6 +145,7 @@ def test_log_and_state_folders_are_created_or_a_clear_error(stack, up, tmp_path)
     assert "Traceback" not in u.out
 
 
+@together
 def test_shutdown_while_preparing_waiting_and_in_backoff(stack, up, tmp_path):
     stack.unit("prep", command=SLEEP, prepare={"command": ["sh", "-c", "echo preparing; sleep 0.5 & exec sleep 100"]})
     stack.unit("after-prep", command=SLEEP, requires=["prep"])

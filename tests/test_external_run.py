@@ -21,16 +21,10 @@ from supervisor.control.metrics import render_metrics
 from supervisor.protocol import service_status
 
 from conftest import qasup
-from enginehelp import poll, stack, up  # noqa: F401  (fixtures)
+from enginehelp import free_port, poll, stack, together, together_alone, together_results, up  # noqa: F401  (fixtures)
 
 SLEEP = ["sh", "-c", "exec sleep 100"]
 FAST = {"interval": "50ms"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Remote:
@@ -96,6 +90,7 @@ def index(evs: list[dict], name: str, state: str, nth: int = 1) -> int:
 # ------------------------------------------------------------------------------------------ start
 
 
+@together
 def test_external_is_ready_when_its_server_appears_and_only_then_what_requires_it_starts(stack, up, tmp_path):
     remote = Remote()
     external_unit(stack, "ctl", remote)
@@ -128,6 +123,7 @@ def test_external_is_ready_when_its_server_appears_and_only_then_what_requires_i
         remote.stop()
 
 
+@together
 def test_ready_timeout_is_said_once_and_the_probing_goes_on(stack, up, tmp_path):
     flag = tmp_path / "remote-is-up"
     stack.unit("ctl", external=True, ready={"exec": ["test", "-e", str(flag)], "timeout": "300ms", **FAST})
@@ -150,6 +146,7 @@ def test_ready_timeout_is_said_once_and_the_probing_goes_on(stack, up, tmp_path)
 # ------------------------------------------------------------------------------------------ [live]
 
 
+@together
 def test_live_failure_sends_it_back_to_starting_and_restart_with_dependents_follow_it(stack, up, tmp_path):
     remote = Remote().start()
     try:
@@ -185,6 +182,7 @@ def test_live_failure_sends_it_back_to_starting_and_restart_with_dependents_foll
         remote.stop()
 
 
+@together
 def test_live_action_fail_fails_it_and_what_requires_it_until_the_server_is_back(stack, up, tmp_path):
     remote = Remote().start()
     try:
@@ -209,6 +207,7 @@ def test_live_action_fail_fails_it_and_what_requires_it_until_the_server_is_back
 # ------------------------------------------------------------------------------------------ verbs
 
 
+@together
 def test_stop_start_restart_and_logs_of_an_external_service(stack, up, tmp_path):
     remote = Remote().start()
     try:
@@ -246,6 +245,7 @@ def test_stop_start_restart_and_logs_of_an_external_service(stack, up, tmp_path)
 # ------------------------------------------------------------------------------------------ shutdown
 
 
+@together
 def test_shutdown_while_it_probes_exits_0_at_once(stack, up, tmp_path):
     remote = Remote()   # never started: the probing goes on until the shutdown
     external_unit(stack, "ctl", remote, timeout="300ms")
@@ -262,6 +262,7 @@ def test_shutdown_while_it_probes_exits_0_at_once(stack, up, tmp_path):
     assert "stop budget" not in u.out and "stack stopped cleanly; exit 0" in u.out
 
 
+@together
 def test_shutdown_with_an_external_ready_and_a_dependent_running(stack, up, tmp_path):
     remote = Remote().start()
     try:
@@ -281,6 +282,7 @@ def test_shutdown_with_an_external_ready_and_a_dependent_running(stack, up, tmp_
 # ------------------------------------------------------------------------------------------ reload
 
 
+@together
 def test_reload_makes_a_local_unit_external_and_back(stack, up, tmp_path):
     remote = Remote().start()
     try:
@@ -308,6 +310,7 @@ def test_reload_makes_a_local_unit_external_and_back(stack, up, tmp_path):
 # ------------------------------------------------------------------------------------------ /metrics, table
 
 
+@together
 def test_metrics_and_the_status_page_show_it_external(stack, up, tmp_path):
     remote = Remote().start()
     try:
@@ -358,6 +361,7 @@ def test_the_table_and_metrics_render_external_rows():
 # ------------------------------------------------------------------------------------------ up --only
 
 
+@together
 def test_a_unit_outside_only_is_probed_over_tcp_and_never_started(stack, up, tmp_path):
     port = free_port()
     stack.unit("ctl", command=["sh", "-c", "exec sleep 101"], ready={"tcp": f"127.0.0.1:{port}", **FAST})

@@ -12,9 +12,7 @@ import os
 import signal
 import subprocess
 
-import pytest
-
-from enginehelp import PY, alive, poll, stack, up  # noqa: F401  (fixtures)
+from enginehelp import PY, alive, poll, stack, together, together_alone, together_results, up  # noqa: F401  (fixtures)
 
 # A daemon the classic way: fork, setsid, fork again, the launcher exits 0 once the intermediate has gone.
 # The daemon writes its pid file late (PID_DELAY), prints "daemon serving PID" on the inherited output, and
@@ -44,8 +42,8 @@ print("launcher done", flush=True)
 '''
 
 
-@pytest.fixture
-def daemon_py(tmp_path):
+def write_daemon(tmp_path) -> str:
+    """DAEMON as a file of the test's folder; its path."""
     p = tmp_path / "daemon.py"
     p.write_text(DAEMON)
     return str(p)
@@ -61,7 +59,9 @@ def pid_events(u, name: str) -> list[int]:
     return [e["pid"] for e in u.events() if e.get("service") == name and "pid" in e]
 
 
-def test_forking_daemon_is_followed_stopped_and_restarted(stack, up, tmp_path, daemon_py):
+@together
+def test_forking_daemon_is_followed_stopped_and_restarted(stack, up, tmp_path):
+    daemon_py = write_daemon(tmp_path)
     # "pidfile": the daemon writes run/pidfile.pid late; "single": no pid_file, the one process left is it (and
     # [stop] mode = "main": the stop signal goes to the daemon, not to the launcher that is long gone)
     (tmp_path / "run").mkdir()
@@ -108,7 +108,9 @@ CASES = {
 }
 
 
-def test_forking_start_fails_clearly_and_leaves_nothing(stack, up, tmp_path, daemon_py):
+@together
+def test_forking_start_fails_clearly_and_leaves_nothing(stack, up, tmp_path):
+    daemon_py = write_daemon(tmp_path)
     # one stack, one service per way to fail
     (tmp_path / "run").mkdir()
     for name, (command, pid_file, _) in CASES.items():
@@ -133,7 +135,9 @@ def test_forking_start_fails_clearly_and_leaves_nothing(stack, up, tmp_path, dae
     assert u.leftovers() == []
 
 
-def test_simple_service_that_daemonizes_is_a_failed_start_and_its_daemon_is_stopped(stack, up, tmp_path, daemon_py):
+@together
+def test_simple_service_that_daemonizes_is_a_failed_start_and_its_daemon_is_stopped(stack, up, tmp_path):
+    daemon_py = write_daemon(tmp_path)
     stack.unit("nginxish", command=[PY, daemon_py, "-", "-", "1"], restart={"policy": "on-failure", "delay": "5s"})
     u = up().start()
     u.wait_state("nginxish", "backoff", 15)   # a failure for the restart policy
@@ -148,6 +152,7 @@ def test_simple_service_that_daemonizes_is_a_failed_start_and_its_daemon_is_stop
     assert u.leftovers() == []
 
 
+@together
 def test_log_file_holds_only_the_services_bytes(stack, up, tmp_path):
     # prepare runs (its output is the service's), rules fire, readiness passes: the log is exactly the bytes
     out = b"starting\nWARNING: disk\r\nERROR: boom\n\x00\xffraw bytes without newline"

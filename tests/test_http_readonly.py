@@ -30,7 +30,7 @@ from supervisor.control.metrics import Observed
 from supervisor.control.server import ServeInfo, serve
 
 from conftest import make_stack, qasup
-from enginehelp import PY, poll, stack, up  # noqa: F401  (stack, up: fixtures)
+from enginehelp import PY, free_port, poll, stack, together, together_alone, together_results, up  # noqa: F401  (stack, up: fixtures)
 from fakecontrol import FakeController
 
 WRITES = [("POST", "/v1/services/web/stop"), ("POST", "/v1/services/web/start"),
@@ -259,12 +259,6 @@ def page_port(u) -> int:
     return int(found.group(1))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def get(url: str, method: str = "GET") -> int:
     try:
         with urllib.request.urlopen(urllib.request.Request(url, method=method, data=b"" if method != "GET" else None),
@@ -274,6 +268,7 @@ def get(url: str, method: str = "GET") -> int:
         return e.code
 
 
+@together
 def test_up_http_serves_read_only_and_a_stop_request_stops_nothing(stack, up) -> None:
     stack.unit("web", command=["sleep", "600"])
     u = up().start("--http", "127.0.0.1:0")
@@ -290,6 +285,7 @@ def test_up_http_serves_read_only_and_a_stop_request_stops_nothing(stack, up) ->
     assert u.stop(20) == 0
 
 
+@together
 def test_stack_http_key_and_the_flag_wins(stack, up) -> None:
     port, flag_port = free_port(), free_port()
     stack.stack(http=f"127.0.0.1:{port}")
@@ -320,6 +316,7 @@ def test_bad_http_values_are_refused_with_a_clear_message(tmp_path: Path) -> Non
     assert r.returncode == 2 and "--http 'nohost' is not HOST:PORT" in r.stderr
 
 
+@together
 def test_a_port_in_use_fails_the_start_and_leaves_nothing(stack, up) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

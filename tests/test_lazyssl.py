@@ -15,7 +15,7 @@ import pytest
 from test_engine_start import free_port
 
 from conftest import qasup
-from enginehelp import PY, poll, stack, standin, up  # noqa: F401  (fixtures)
+from enginehelp import PY, poll, stack, standin, together, together_alone, together_results, up  # noqa: F401  (fixtures)
 
 
 def openssl_mapped(pid: int | str = "self") -> bool:
@@ -34,6 +34,7 @@ def run_fresh(code: str) -> subprocess.CompletedProcess:
                           text=True, timeout=60)
 
 
+@together
 def test_stand_in_keeps_openssl_out_until_tls_is_used():
     r = run_fresh("""
         from supervisor import lazyssl
@@ -67,6 +68,7 @@ def test_stand_in_keeps_openssl_out_until_tls_is_used():
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
+@together
 def test_placeholder_call_loads_the_real_class():
     r = run_fresh("""
         from supervisor import lazyssl
@@ -82,6 +84,7 @@ def test_placeholder_call_loads_the_real_class():
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
+@together
 def test_install_is_a_no_op_when_ssl_or_asyncio_is_already_imported():
     r = run_fresh("""
         import asyncio
@@ -93,6 +96,7 @@ def test_install_is_a_no_op_when_ssl_or_asyncio_is_already_imported():
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
+@together
 def test_http_probe_client_does_not_load_openssl(tmp_path):
     port = free_port()
     srv = subprocess.Popen([PY, standin("svc_http.py"), str(port)], stdout=subprocess.PIPE, text=True)
@@ -118,6 +122,7 @@ def test_http_probe_client_does_not_load_openssl(tmp_path):
         srv.wait()
 
 
+@together
 def test_daemon_runs_without_openssl_and_https_probes_still_work(stack, up, tmp_path):
     if shutil.which("openssl") is None:
         pytest.skip("the openssl command is needed to make a test certificate")

@@ -5,7 +5,6 @@ the check-time rules of ``restart_with`` are here too, through the real plan."""
 
 from __future__ import annotations
 
-import socket
 import textwrap
 
 import pytest
@@ -15,7 +14,7 @@ from supervisor.errors import ConfigError, Problems
 from supervisor.plan.build import make_plan
 
 from conftest import make_stack, qasup
-from enginehelp import PY, poll, stack, up  # noqa: F401  (fixtures)
+from enginehelp import PY, free_port, poll, stack, together, together_alone, together_results, up  # noqa: F401  (fixtures)
 
 SLEEP = ["sh", "-c", "echo up; exec sleep 100"]
 
@@ -47,12 +46,6 @@ HANGING_SERVER = textwrap.dedent("""\
 """)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def plan_problems(tmp_path, units: dict[str, str]):
     config = load_config(cwd=make_stack(tmp_path, units))
     probs = Problems()
@@ -62,6 +55,7 @@ def plan_problems(tmp_path, units: dict[str, str]):
 
 # ------------------------------------------------------------------------------------------ check time
 
+@together
 def test_restart_with_an_unknown_name_is_a_check_error(tmp_path):
     make_stack(tmp_path, {"controller": 'command = ["x"]\n',
                           "worker": 'command = ["x"]\nrestart_with = ["controler"]\n'})
@@ -71,6 +65,7 @@ def test_restart_with_an_unknown_name_is_a_check_error(tmp_path):
             "(did you mean 'controller'?)") in r.stdout + r.stderr
 
 
+@together
 def test_restart_with_itself_is_refused(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(cwd=make_stack(tmp_path, {"w": 'command = ["x"]\nrestart_with = ["w"]\n'}))
@@ -78,6 +73,7 @@ def test_restart_with_itself_is_refused(tmp_path):
         "w.toml: restart_with: 'w' cannot depend on itself: w -> w"]
 
 
+@together
 def test_restart_with_implies_after_and_resolves_provided_names(tmp_path):
     plan, probs = plan_problems(tmp_path, {
         "fastchat-controller": 'command = ["x"]\nprovides = ["controller"]\n',
@@ -88,12 +84,14 @@ def test_restart_with_implies_after_and_resolves_provided_names(tmp_path):
     assert plan.graph.waves() == [["fastchat-controller"], ["worker"]]
 
 
+@together
 def test_restart_with_that_closes_a_cycle_names_the_key(tmp_path):
     _, probs = plan_problems(tmp_path, {"a": 'command = ["x"]\nrestart_with = ["b"]\n',
                                         "b": 'command = ["x"]\nafter = ["a"]\n'})
     assert probs == ["a.toml: restart_with: dependency cycle: a -> b -> a"]
 
 
+@together
 def test_restart_with_a_unit_disabled_in_the_plan_is_no_edge(tmp_path):
     plan, probs = plan_problems(tmp_path, {"a": 'command = ["x"]\nenabled = false\n',
                                            "b": 'command = ["x"]\nrestart_with = ["a"]\n'})
@@ -132,6 +130,7 @@ def test_a_server_that_stops_answering_is_restarted_and_status_says_why(stack, u
     assert u.stop() == 0
 
 
+@together
 def test_restarting_the_controller_restarts_the_worker_after_it_is_ready(stack, up, tmp_path):
     stack.unit("controller", command=["sh", "-c", "sleep 0.3; echo up; exec sleep 100"], ready={"log": "^up$"})
     stack.unit("worker", command=SLEEP, ready={"log": "^up$"}, requires=["controller"],

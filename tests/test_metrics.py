@@ -32,7 +32,7 @@ from supervisor.logs.echo import Echo
 from supervisor.logs.rotate import LogCounts, RotatingFile
 from supervisor.protocol import ServiceState, StackState, service_status, stack_status
 
-from enginehelp import PY, poll, stack, up  # noqa: F401  (stack, up: fixtures)
+from enginehelp import PY, free_port, poll, stack, together, together_alone, together_results, up  # noqa: F401  (stack, up: fixtures)
 
 parser = pytest.importorskip("prometheus_client.parser", reason="prometheus-client is in the test extras "
                              "(pip install -e '.[test]')")
@@ -276,12 +276,6 @@ def test_an_empty_stack_and_missing_process_facts_still_parse() -> None:
 # --------------------------------------------------------------------------- from a real daemon
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def http_get(url: str, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
@@ -297,6 +291,7 @@ def http_port(u) -> int:
     return int(line.group(1))
 
 
+@together
 def test_metrics_from_a_running_stack_on_every_listener(stack, up) -> None:
     # web is ready and prints a line an error rule matches (twice); crash exits 3 and is restarted
     stack.unit("web", command=[PY, "-c", "import sys,time\nprint('ready now', flush=True)\n"
@@ -363,6 +358,7 @@ def test_metrics_from_a_running_stack_on_every_listener(stack, up) -> None:
     assert u.stop(20) == 0
 
 
+@together
 def test_an_idle_daemon_with_http_stays_idle(stack, up) -> None:
     stack.unit("idle", command=["sleep", "600"])
     u = up().start("--http", "127.0.0.1:0")

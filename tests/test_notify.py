@@ -4,6 +4,7 @@ datagram socket the test listens on, as systemd does."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
@@ -15,7 +16,7 @@ import time
 
 import pytest
 
-from enginehelp import PY, poll, stack, up  # noqa: F401  (fixtures)
+from enginehelp import PY, free_port, poll, stack, together, together_alone, together_results, up  # noqa: F401  (fixtures)
 
 
 class Listener:
@@ -40,6 +41,7 @@ class Listener:
         self.sock.close()
 
 
+@together
 @pytest.mark.parametrize("kind", ["abstract", "file"])
 def test_qasup_tells_its_manager_ready_status_watchdog_and_stopping(stack, up, tmp_path, kind) -> None:
     address = f"@qasup-test-{os.getpid()}-{time.monotonic_ns()}" if kind == "abstract" else str(tmp_path / "notify")
@@ -68,6 +70,7 @@ def test_qasup_tells_its_manager_ready_status_watchdog_and_stopping(stack, up, t
         lis.close()
 
 
+@together
 def test_without_notify_socket_nothing_is_sent_and_a_gone_manager_is_harmless(stack, up, tmp_path) -> None:
     stack.unit("a", command=["sleep", "600"])
     # a socket path nobody listens on: sending fails, qasup runs on regardless
@@ -117,18 +120,23 @@ time.sleep(600)
 '''
 
 
-@pytest.fixture
-def shared(tmp_path_factory):
+@contextlib.contextmanager
+def shared_folder():
     """A folder any user can read (the test's own tmp_path sits under a 0700 one): the sender, a's pid."""
     import tempfile
     from pathlib import Path
 
     d = Path(tempfile.mkdtemp(prefix="qasup-notify-"))
-    d.chmod(0o755)
-    (d / "sender.py").write_text(SENDER)
-    (d / "sender.py").chmod(0o644)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+    try:
+        d.chmod(0o755)
+        (d / "sender.py").write_text(SENDER)
+        (d / "sender.py").chmod(0o644)
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+TOGETHER_FIXTURES = {"shared": shared_folder}   # for the tests that run side by side (enginehelp.together)
 
 
 def _sender(folder, msg: str, address: str = "-", claim: str | None = None) -> list[str]:
@@ -137,6 +145,7 @@ def _sender(folder, msg: str, address: str = "-", claim: str | None = None) -> l
     return ["/usr/bin/python3", str(folder / "sender.py"), msg, address, *([claim] if claim else [])]
 
 
+@together
 def test_ready_1_from_the_service_makes_it_ready_and_status_shows_its_words(stack, up, tmp_path) -> None:
     stack.unit("a", command=_sender(tmp_path, "STATUS=serving 3 clients\\nREADY=1"),
                ready={"notify": True, "timeout": "20s"})
@@ -155,6 +164,7 @@ def test_ready_1_from_the_service_makes_it_ready_and_status_shows_its_words(stac
     assert u.stop() == 0
 
 
+@together
 def test_systemd_notify_ready_is_accepted(stack, up, tmp_path) -> None:
     tool = shutil.which("systemd-notify")
     if tool is None:
@@ -171,6 +181,7 @@ def test_systemd_notify_ready_is_accepted(stack, up, tmp_path) -> None:
     assert u.stop() == 0
 
 
+@together
 def test_one_service_cannot_speak_for_another(stack, up, tmp_path, shared) -> None:
     """evil sends READY=1 to a's socket: with its own pid (not a process of a), and, running as nobody,
     claiming a's pid in SCM_CREDENTIALS (the kernel refuses the forgery): a stays starting."""
@@ -207,17 +218,12 @@ def test_one_service_cannot_speak_for_another(stack, up, tmp_path, shared) -> No
     assert u.stop() == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
+@together
 def test_redis_supervised_systemd_says_ready(stack, up, tmp_path) -> None:
     redis = shutil.which("redis-server")
     if redis is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    port = _free_port()
+    port = free_port()
     stack.unit("redis", command=[redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
                                  "no", "--dir", str(tmp_path), "--supervised", "systemd", "--daemonize", "no"],
                ready={"notify": True, "timeout": "20s"})
@@ -254,6 +260,7 @@ os.wait()
 '''
 
 
+@together
 def test_mainpid_names_a_forking_services_main_process(stack, up, tmp_path) -> None:
     stack.unit("d", type="forking", command=[PY, "-c", FORKING], ready={"notify": True, "timeout": "20s"})
     u = up().start()
@@ -308,6 +315,7 @@ def test_live_watchdog_restarts_a_service_that_stops_sending(stack, up, tmp_path
     assert u.stop() == 0
 
 
+@together
 @pytest.mark.parametrize(("unit", "message"), [
     ('command = ["x"]\n[ready]\nnotify = "yes"\n', "a.toml: ready.notify: expected true or false, got a string"),
     ('command = ["x"]\n[live]\nwatchdog = "30s"\n', "a.toml: live.watchdog: needs [ready] notify = true"),
@@ -336,6 +344,7 @@ time.sleep(600)
 '''
 
 
+@together
 def test_reloading_and_stopping_show_in_status(stack, up, tmp_path) -> None:
     stack.unit("p", command=[PY, "-c", PHASES, "R:RELOADING=1", "D:READY=1|STATUS=reloaded", "S:STOPPING=1"],
                ready={"notify": True, "timeout": "20s"})

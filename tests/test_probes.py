@@ -8,10 +8,12 @@ a probe that read the endless body would make it send without end (it stops at C
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 
 import anyio
 import httpx
@@ -21,7 +23,7 @@ from supervisor.readiness.httpprobe import BODY_LIMIT, BodyPrefix, HttpProbe
 from supervisor.readiness.probes import why_not_ready
 from supervisor.readiness.transport import PlainHTTPTransport
 
-from enginehelp import PY, poll, stack, standin, up  # noqa: F401  (fixtures)
+from enginehelp import PY, poll, stack, standin, together, together_alone, together_results, up  # noqa: F401  (fixtures)
 
 CAP = 64 * 1024 * 1024    # a server stops after this much (a probe that reads it all fails the test, not the box)
 BOUND = 1024 * 1024       # what one try may make a server send: 64 KiB read + socket buffers
@@ -112,17 +114,29 @@ def silent(conn: socket.socket) -> int:
     return 0
 
 
-@pytest.fixture
-def serve():
+@contextlib.contextmanager
+def serving() -> Iterator[Callable[..., Server]]:
+    """``serve(answer)`` starts a :class:`Server`; every one started is closed at the end."""
     servers: list[Server] = []
 
     def make(answer) -> Server:
         s = Server(answer)
         servers.append(s)
         return s
-    yield make
-    for s in servers:
-        s.close()
+    try:
+        yield make
+    finally:
+        for s in servers:
+            s.close()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., Server]]:
+    with serving() as make:
+        yield make
+
+
+TOGETHER_FIXTURES = {"serve": serving}   # the slow tests run side by side (enginehelp.together)
 
 
 def try_once(probe: HttpProbe) -> tuple[bool, float]:
@@ -171,6 +185,7 @@ def test_expect_never_in_an_endless_body_reads_at_most_64_kib_per_try(serve):
     assert "'ready' was not in the first 64 KiB" in why_not_ready([p])
 
 
+@together
 def test_a_server_that_never_answers_times_the_try_out_and_the_next_try_follows(serve):
     srv = serve(silent)
     p = HttpProbe(srv.url, "GET", None, 0.5)    # a try's limit: max(interval, 2s)
@@ -190,6 +205,7 @@ def test_a_server_that_never_answers_times_the_try_out_and_the_next_try_follows(
     assert p.last_error == f"GET {srv.url}: no status line and headers within 2s (the probe's time limit per try)"
 
 
+@together
 def test_a_trickling_body_is_judged_on_what_came_within_the_try(serve):
     def trickle(conn: socket.socket) -> int:
         conn.sendall(HEAD + b"\r\nstarting")
@@ -300,6 +316,7 @@ def rss_peak_kib(pid: int) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 
 
+@together
 def test_up_a_service_whose_http_endpoint_streams_forever_becomes_ready_and_qasup_stays_small(stack, up, tmp_path):
     from test_engine_start import free_port
 

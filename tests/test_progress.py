@@ -12,7 +12,7 @@ import signal
 import subprocess
 import time
 
-from enginehelp import PY, poll, stack, up  # noqa: F401  (fixtures)
+from enginehelp import PY, poll, stack, together, together_alone, together_results, up  # noqa: F401  (fixtures)
 
 # a service that prints its ready marker only once the test lets it (the file GO appears)
 SLOW = ("import os, sys, time\n"
@@ -30,6 +30,7 @@ def _waiting_lines(out: str) -> list[str]:
     return [ln for ln in out.splitlines() if ln.startswith("[qasup] waiting: ")]
 
 
+@together
 def test_progress_lines_name_the_probe_reason_and_the_dependency_then_stop(stack, up, tmp_path) -> None:
     _slow_stack(stack)
     u = up().start()
@@ -62,6 +63,7 @@ def test_progress_lines_name_the_probe_reason_and_the_dependency_then_stop(stack
     assert u.stop() == 0
 
 
+@together
 def test_a_fast_stack_prints_no_progress_line(stack, up) -> None:
     stack.unit("a", command=["sleep", "600"])
     stack.unit("b", command=["sleep", "600"], requires=["a"])
@@ -139,6 +141,7 @@ def test_status_watch_redraws_in_place_under_a_pty_and_ends_quietly_on_ctrl_c(st
     assert u.stop() == 0
 
 
+@together
 def test_a_progress_line_names_at_most_twelve_services_and_counts_the_rest(stack, up) -> None:
     """1000 starting services must not make a 60 KB progress line: twelve are named, the rest counted."""
     for i in range(15):

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enginehelp import PY, poll, stack, up  # noqa: F401  (fixtures)
+from enginehelp import PY, poll, stack, together, together_alone, together_results, up  # noqa: F401  (fixtures)
 
 
 def fds(pid: int) -> int:
@@ -76,6 +76,7 @@ def soak(stack, up, restarts: int) -> None:
     assert u.stop() == 0
 
 
+@together
 def test_restart_soak_fast(stack, up):
     soak(stack, up, 200)   # 150 restarts after the first 50: an fd per restart shows at once, memory in the long one
 
@@ -85,6 +86,7 @@ def test_restart_soak_long(stack, up):
     soak(stack, up, 5000)
 
 
+@together
 def test_crash_loop_costs_little_cpu(stack, up):
     stack.unit("crashy", command=["sh", "-c", "exit 1"],
                restart={"policy": "always", "delay": "100ms", "max_delay": "400ms", "max_restarts": 1000})
@@ -100,6 +102,7 @@ def test_crash_loop_costs_little_cpu(stack, up):
     assert u.stop() == 0
 
 
+@together
 def test_log_on_a_full_disk_keeps_the_service_running(stack, up):
     stack.unit("writer", command=["sh", "-c", "while :; do echo line; sleep 0.05; done"],
                log={"file": "/dev/full"})

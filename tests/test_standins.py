@@ -6,6 +6,7 @@ failure modes STANDIN_FAIL asks for, and a prompt exit on SIGTERM. No process ma
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,18 +18,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from enginehelp import free_port, together, together_alone, together_results  # noqa: F401  (fixtures)
+
 STANDIN = Path(__file__).resolve().parent.parent / "examples" / "standins" / "standin.py"
 LOAD = "0.2"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Proc:
@@ -84,8 +82,9 @@ class Proc:
             self.p.stdout.close()
 
 
-@pytest.fixture
-def spawn():
+@contextlib.contextmanager
+def spawning() -> Iterator[Callable[..., Proc]]:
+    """``spawn(ROLE, *ARGS, env=...)`` starts a stand-in; every one started is killed at the end."""
     procs: list[Proc] = []
 
     def start(role: str, *args: str, env: dict[str, str] | None = None) -> Proc:
@@ -93,9 +92,14 @@ def spawn():
         procs.append(proc)
         return proc
 
-    yield start
-    for proc in procs:
-        proc.kill()
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            proc.kill()
+
+
+TOGETHER_FIXTURES = {"spawn": spawning}   # the tests run side by side (enginehelp.together): each its own spawn
 
 
 def http(method: str, url: str, body: object = None) -> tuple[int, bytes]:
@@ -108,6 +112,7 @@ def http(method: str, url: str, body: object = None) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
+@together
 def test_triton_listens_after_loading_and_stops_on_sigterm(spawn):
     h, g, m = free_port(), free_port(), free_port()
     t = spawn("triton", "--model-store=/model_repos/QAEnsemble_embed_rerank", f"--http-port={h}",
@@ -125,6 +130,7 @@ def test_triton_listens_after_loading_and_stops_on_sigterm(spawn):
     assert "Signal (15) received." in t.output()
 
 
+@together
 def test_fastchat_lists_the_model_only_once_the_worker_registered(spawn, tmp_path):
     c, w, o = free_port(), free_port(), free_port()
     model = tmp_path / "Qwen-7B-Chat"
@@ -151,12 +157,14 @@ def test_fastchat_lists_the_model_only_once_the_worker_registered(spawn, tmp_pat
     assert worker.terminate() == 0 and api.terminate() == 0 and ctl.terminate() == 0
 
 
+@together
 def test_worker_without_model_files_fails_like_transformers(spawn, tmp_path):
     w = spawn("fastchat-worker", "--port", str(free_port()), "--model-path", str(tmp_path / "missing"))
     assert w.p.wait(timeout=5) == 1
     assert "does not appear to have a file named config.json" in w.output()
 
 
+@together
 def test_sanic_prints_starting_worker_and_serves_the_front_end(spawn):
     port = free_port()
     s = spawn("sanic", "--port", str(port), "--mode", "local")
@@ -172,6 +180,7 @@ def test_sanic_prints_starting_worker_and_serves_the_front_end(spawn):
     assert "Stopping worker" in s.output()
 
 
+@together
 def test_fail_modes(spawn):
     oom = spawn("rerank", "--port", str(free_port()), env={"STANDIN_FAIL": "oom"})
     crash = spawn("ocr", "--port", str(free_port()), env={"STANDIN_FAIL": "crash"})
@@ -193,6 +202,7 @@ def test_fail_modes(spawn):
     assert hang.terminate() == 0
 
 
+@together
 def test_late_oom_after_ready(spawn):
     port = free_port()
     s = spawn("rerank", "--port", str(port), env={"STANDIN_FAIL": "late-oom", "STANDIN_LATE_SECONDS": "0.3"})
@@ -201,6 +211,7 @@ def test_late_oom_after_ready(spawn):
     assert "CUDA out of memory" in s.output()
 
 
+@together
 def test_taken_port_is_reported_like_the_real_service(spawn):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -214,6 +225,7 @@ def test_taken_port_is_reported_like_the_real_service(spawn):
         assert "address already in use" in s.output()
 
 
+@together
 def test_relay_needs_triton(spawn):
     r = spawn("llm-relay", f"--port={free_port()}", f"--model-url=0.0.0.0:{free_port()}")
     assert r.p.wait(timeout=5) == 1
@@ -227,6 +239,7 @@ def test_relay_needs_triton(spawn):
     assert http("GET", f"http://127.0.0.1:{port}/health/ready")[0] == 200
 
 
+@together
 def test_sigterm_during_loading_exits_at_once(spawn):
     s = spawn("triton", f"--http-port={free_port()}", f"--grpc-port={free_port()}",
               f"--metrics-port={free_port()}", env={"STANDIN_LOAD_SECONDS": "30"})

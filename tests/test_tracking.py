@@ -30,7 +30,7 @@ from supervisor.proc.reaper import Reaper
 from supervisor.proc.stop import terminate
 from supervisor.proc.tree import anything_left, members
 
-from enginehelp import Stack, Up, alive, poll, stack, unshare_problem, up  # noqa: F401  (fixtures)
+from enginehelp import Stack, Up, alive, poll, stack, together, together_alone, together_results, unshare_problem, up  # noqa: F401  (fixtures)
 
 PY = sys.executable
 
@@ -235,6 +235,7 @@ def _shapes(tmp_path: Path) -> tuple[str, dict[str, Path]]:
     return script, files
 
 
+@together
 @pytest.mark.parametrize("cgroups", ["cgroups", "none"])
 def test_sigkilled_qasup_guardian_kills_what_the_tag_cannot_find(stack: Stack, up, tmp_path: Path,
                                                                  cgroups: str) -> None:
@@ -263,6 +264,7 @@ def test_sigkilled_qasup_guardian_kills_what_the_tag_cannot_find(stack: Stack, u
         _kill([p for f in files.values() for p in _pids(f)])
 
 
+@together
 def test_pid1_sweeps_what_no_tracking_found(stack: Stack, up, tmp_path: Path) -> None:
     if problem := unshare_problem():
         pytest.skip(problem)

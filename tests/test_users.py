@@ -18,7 +18,7 @@ from supervisor.proc.kernel import SpawnError
 from supervisor.proc.spawn import unit_credentials
 
 from conftest import make_stack, qasup
-from enginehelp import Stack, poll, stack, up  # noqa: F401  (fixtures)
+from enginehelp import Stack, poll, stack, together, together_alone, together_results, up  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs qasup to run as root")
 
@@ -51,6 +51,7 @@ def _group(*names: str) -> grp.struct_group:
     pytest.skip(f"none of the groups {names} exists here")
 
 
+@together
 def test_nobody_runs_as_its_uid_with_its_home_user_and_logname(stack: Stack, up) -> None:
     nobody = _nobody()
     stack.unit("low", command=ENV_AND_SLEEP, user="nobody", ready={"log": "up"})
@@ -68,6 +69,7 @@ def test_nobody_runs_as_its_uid_with_its_home_user_and_logname(stack: Stack, up)
     assert u.stop() == 0
 
 
+@together
 def test_group_and_supplementary_groups_are_applied(stack: Stack, up) -> None:
     _nobody()
     primary = _group("daemon", "bin")
@@ -87,6 +89,7 @@ def test_group_and_supplementary_groups_are_applied(stack: Stack, up) -> None:
     assert u.stop() == 0
 
 
+@together
 def test_prepare_and_exec_probes_run_as_the_user(stack: Stack, up) -> None:
     nobody = _nobody()
     uid = nobody.pw_uid
