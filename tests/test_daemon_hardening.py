@@ -135,10 +135,13 @@ def remove_tree(path: Path) -> None:
     """``shutil.rmtree``, again when the daemon changed the folder meanwhile (it makes it again): ENOTEMPTY, or
     ENOENT for an entry it had replaced."""
     deadline = time.monotonic() + 5
-    while os.path.lexists(path):
+    while True:
         try:
             shutil.rmtree(path)
+            return   # gone (the daemon may have made it again already: what the test looks at next)
         except OSError as e:
+            if e.errno == errno.ENOENT and not os.path.lexists(path):
+                return
             if e.errno not in (errno.ENOTEMPTY, errno.ENOENT) or time.monotonic() > deadline:
                 raise
 

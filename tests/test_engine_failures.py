@@ -16,7 +16,6 @@ def starts(u, name: str) -> list[float]:
             and e.get("prev") not in ("starting", "preparing")]
 
 
-@together
 def test_dependency_failing_for_good_fails_its_dependents_with_its_name(stack, up, tmp_path):
     stack.unit("db", command=["sh", "-c", "echo up; sleep 0.5; exit 3"], ready={"log": "up"},
                restart={"policy": "never"})
@@ -88,7 +87,6 @@ def test_abort_rule_stops_the_stack_within_a_second_with_context(stack, up, tmp_
     assert any(e.get("stack") == "aborted" for e in u.events())
 
 
-@together
 def test_rules_count_within_restart_fail_warn(stack, up, tmp_path):
     # fail: the 3rd match within 1 s; two early matches then a pause longer than the window do not count
     stack.unit("counted", command=["sh", "-c", "echo up; echo oops; echo oops; sleep 1.2; echo oops; sleep 0.1; "
