@@ -166,6 +166,7 @@ def test_live_failure_sends_it_back_to_starting_and_restart_with_dependents_foll
         assert doc["stack"]["state"] == "degraded" and code == 3
         # the engine's rule for a required dependency that restarts: what runs keeps running meanwhile
         assert {n: r["pid"] for n, r in rows(u).items() if n != "ctl"} == before
+        u.wait_out(": probing again")   # qasup's stdout is written by a thread: not ordered with events
         assert "ctl: liveness: 2 failed checks in a row: " in u.out and ": probing again" in u.out
         remote.start()
         u.wait_state("worker", "ready", nth=2, timeout=10)

@@ -141,6 +141,7 @@ def test_simple_service_that_daemonizes_is_a_failed_start_and_its_daemon_is_stop
     stack.unit("nginxish", command=[PY, daemon_py, "-", "-", "1"], restart={"policy": "on-failure", "delay": "5s"})
     u = up().start()
     u.wait_state("nginxish", "backoff", 15)   # a failure for the restart policy
+    u.wait_out("nginxish: start failed: ")    # qasup's stdout is written by a thread: not ordered with events
     assert "nginxish: start failed: the program daemonized: its main process exited 0 and left 1 process " \
            "running" in u.out
     assert "'daemon off;'" in u.out and "--daemonize no" in u.out and 'type = "forking"' in u.out

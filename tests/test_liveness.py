@@ -124,6 +124,7 @@ def test_a_server_that_stops_answering_is_restarted_and_status_says_why(stack, u
     stopping = [e for e in u.events() if e.get("service") == "web" and e["state"] == "stopping"]
     assert len(stopping) == 1 and stopping[0]["message"].startswith("live-restart: liveness: 2 failed checks")
     assert stopping[0]["pid"] == first_pid
+    u.wait_out(": restarting it")   # qasup's stdout is written by a thread: not ordered with events
     assert "web: liveness: 2 failed checks in a row: " in u.out and ": restarting it" in u.out
     after = u.service_status("web")
     assert after["state"] == "ready" and after["pid"] == row["pid"] and after["restarts"] == 1

@@ -55,6 +55,7 @@ def test_qasup_tells_its_manager_ready_status_watchdog_and_stopping(stack, up, t
         msgs = lis.read()
         assert msgs.index("STATUS=2/2 services ready") < msgs.index("READY=1")
         assert "STATUS=0/2 services ready" in msgs and msgs.count("READY=1") == 1
+        u.wait_out("all 2 services ready")   # qasup's stdout is written by a thread: not ordered with the socket
         assert "all 2 services ready" in u.out
         # the watchdog: every half WATCHDOG_USEC (0.1 s), for as long as qasup runs
         start = len([m for m in msgs if m == "WATCHDOG=1"])
