@@ -215,8 +215,7 @@ class _StateWatch:
         self.say = say
         self.server: ServeInfo | None = None
         self._inode: int | None = None
-        self._wake = anyio.Event()
-        self._problem: str | None = None
+        self._wake, self._problem = anyio.Event(), ""   # the problem said last (each is said once)
 
     def poke(self) -> None:
         if self.server is not None:
@@ -286,10 +285,11 @@ class _StateWatch:
             inode = None
         except OSError:
             return
-        if inode is not None and self._inode in (None, inode):
+        if inode is not None and (self._inode == inode or (  # a first look: the folder holds our events file
+                self._inode is None and self.engine.events.writes_to(folder / "events.jsonl"))):
             self._inode = inode
             return
-        if inode is None and self._inode is None:
+        if inode is None and self._inode is None and not self.engine.events.opened:
             return   # not made yet (the engine makes it as it starts)
         try:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -303,7 +303,7 @@ class _StateWatch:
                 self._problem = problem
                 self.say(problem)
             return
-        self._problem = None
+        self._problem = ""
         self.say(f"the state folder {folder} had gone missing: made it again (events.jsonl starts afresh)")
 
 

@@ -412,3 +412,41 @@ def test_a_stop_during_a_restart_answers_both_requests(tmp_path):
     finally:
         restart.kill() if "restart" in locals() and restart.poll() is None else None
         d.close()
+
+
+@together
+def test_a_restart_during_a_stop_answers_the_stop_at_once(tmp_path):
+    """`stop base` while base's first run ignores SIGTERM (its stop lasts until the SIGKILL at `[stop] timeout`), then
+    `restart base`: the stop is answered at once (refused: overtaken, the service will run again), not when the
+    old run finally ends, nor after the stop verb's own time-out; the restart is answered once the new run is up."""
+    script = (f"if [ -e ran ]; then echo again {MARK}; exec sleep 300; fi; "
+              f"touch ran; trap '' TERM; echo base {MARK}; exec sleep 300")
+    write_units(tmp_path, {"base": f"""
+        command = ["sh", "-c", {json.dumps(script)}]
+        [stop]
+        timeout = "6s"
+        """}, '[stack]\nname = "e2e"\nstop_budget = "10s"\n')
+    d = Daemon(tmp_path)
+    stop = restart = None
+    try:
+        first = d.wait_state("base", "ready", 20)["pid"]
+        stop = subprocess.Popen([PY, "-m", "supervisor", "stop", "base"], cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        d.wait_state("base", "stopping", 15)
+        t0 = time.monotonic()
+        restart = subprocess.Popen([PY, "-m", "supervisor", "restart", "base"], cwd=tmp_path,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = stop.communicate(timeout=15)
+        took = time.monotonic() - t0
+        assert stop.returncode == 1 and "stop overtaken by a later start or restart" in err, (out, err)
+        assert took < 4, f"the stop was answered after {took:.1f} s: it waited for the old run's SIGKILL"
+        assert d.service("base")["state"] == "stopping", "the old run ignores SIGTERM: it is still stopping"
+        out, err = restart.communicate(timeout=30)
+        assert restart.returncode == 0, (out, err)
+        now = d.service("base")
+        assert now["state"] == "ready" and now["pid"] not in (None, first), now
+    finally:
+        for p in (stop, restart):
+            if p is not None and p.poll() is None:
+                p.kill()
+        assert d.close() == 0

@@ -155,7 +155,7 @@ def test_deleted_state_folder_comes_back_and_a_second_up_refuses(stack, up):
     poll(lambda: qasup_run(u.root, "status").returncode == 0, 5, lambda: f"status again; output:\n{u.out}")
     assert time.monotonic() - t0 < 4
     assert os.stat(u.state_dir).st_mode & 0o777 == 0o700
-    assert (u.state_dir / "events.jsonl").exists()   # made again too (it starts afresh)
+    assert (u.state_dir / "events.jsonl").exists(), u.out   # made again too (it starts afresh)
     second = qasup_run(u.root, "up", "--no-echo")
     assert second.returncode == 2, second
     assert f"already running, pid {u.proc.pid}" in second.stderr

@@ -63,12 +63,14 @@ def pid_events(u, name: str) -> list[int]:
 def test_forking_daemon_is_followed_stopped_and_restarted(stack, up, tmp_path):
     daemon_py = write_daemon(tmp_path)
     # "pidfile": the daemon writes run/pidfile.pid late; "single": no pid_file, the one process left is it (and
-    # [stop] mode = "main": the stop signal goes to the daemon, not to the launcher that is long gone)
+    # [stop] mode = "main": the stop signal goes to the daemon, not to the launcher that is long gone); pid_file
+    # is ${NAME}-expanded like every path of a unit
     (tmp_path / "run").mkdir()
     for name in ("pidfile", "single"):
         with_pid_file = name == "pidfile"
         stack.unit(name, command=[PY, daemon_py, f"run/{name}.pid" if with_pid_file else "-", "-", "1"],
-                   type="forking", **({"pid_file": f"run/{name}.pid"} if with_pid_file else {}),
+                   type="forking", **({"pid_file": f"${{RUN_DIR}}/{name}.pid", "env": {"RUN_DIR": "run"}}
+                                      if with_pid_file else {}),
                    ready={"log": "daemon serving", "timeout": "15s"}, restart={"delay": "100ms"},
                    stop={"mode": "group" if with_pid_file else "main"})
     u = up().start()

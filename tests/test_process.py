@@ -11,6 +11,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -222,6 +223,49 @@ async def test_spawn_async_does_not_stall_the_event_loop() -> None:
         for b in busy:
             b.kill()
             b.wait()
+
+
+async def test_an_exit_during_a_spawn_in_flight_is_checked_without_a_scan_of_proc(monkeypatch) -> None:
+    """A spawn in flight has forked a child that the reaper does not know yet: an exit checked for leftovers
+    meanwhile would take it for an orphan and scan all of /proc (milliseconds in the event loop). Once
+    ``spawns_settled`` says none is in flight, every child of this process is known, and the fast path answers."""
+    from supervisor.proc import tree
+    from supervisor.proc.proctable import own_children
+
+    go = threading.Event()
+    async with reaper_with_cleanup() as (reaper, children):
+        first = await reaper.spawn_async(["/bin/true"], cwd=STANDINS, env=dict(os.environ), stdout=None,
+                                         stderr=None, tag="first")
+        children.append(first)
+        with anyio.fail_after(5):
+            assert await first.wait() == 0
+        assert await reaper.spawns_settled(0) is True   # none in flight: at once
+        launch = reaper._launch
+
+        def held_launch(*args):
+            out = launch(*args)    # the child exists, the spawn has not returned: what the check must not miss
+            go.wait(10)
+            return out
+
+        monkeypatch.setattr(reaper, "_launch", held_launch)
+
+        async def second() -> None:
+            children.append(await reaper.spawn_async([PY, "-c", "import time; time.sleep(30)"], cwd=STANDINS,
+                                                     env=dict(os.environ), stdout=None, stderr=None, tag="second"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(second)
+            await wait_until(lambda: reaper._in_flight == 1, 5, "the second spawn in flight")
+            await wait_until(lambda: any(not reaper.is_running(p) for p in own_children() or ()), 5,
+                             "its child forked, not yet known")
+            assert await reaper.spawns_settled(0.05) is False   # still in flight: the caller would scan
+            tg.start_soon(anyio.to_thread.run_sync, go.set)
+            with anyio.fail_after(10):
+                assert await reaper.spawns_settled(10) is True
+            kids = own_children()
+            assert kids and all(reaper.is_running(pid) for pid in kids)
+            monkeypatch.setattr(tree, "members", lambda child: pytest.fail("anything_left scanned /proc"))
+            assert tree.anything_left(first) is False
 
 
 async def test_spawn_runs_in_own_session_with_cwd_env_and_tag(tmp_path: Path) -> None:

@@ -260,6 +260,20 @@ def test_unknown_names_are_errors_everywhere(tmp_path):
     assert all("unknown variable ${C" in f for f in found)
 
 
+def test_pid_file_is_expanded_relative_to_cwd(tmp_path):
+    r, found = resolve(tmp_path, '''
+        command = ["nginx"]
+        type = "forking"
+        cwd = "srv"
+        pid_file = "${RUN}/nginx.pid"
+        env = { RUN = "run" }
+        ''')
+    assert found == [] and r.pid_file == tmp_path / "srv" / "run" / "nginx.pid"
+    r, found = resolve(tmp_path, 'command = ["nginx"]\ntype = "forking"\npid_file = "/var/run/${NOPE}.pid"\n')
+    assert r is None and found == ["pid_file: unknown variable ${NOPE}: define it in env, an env file, the "
+                                   "environment, or write ${NOPE:-default}"]
+
+
 def test_missing_env_file_is_an_error(tmp_path):
     r, found = resolve(tmp_path, 'command = ["x"]\nenv_files = ["nope.env"]\n')
     assert r is None and found[0].startswith("env_files: ") and "no such file" in found[0]

@@ -32,7 +32,7 @@ from supervisor.engine.instance import Neighbour, ServiceHost
 from supervisor.engine.outcome import outcome
 from supervisor.engine.policy import jitter as default_jitter
 from supervisor.engine.service import Service
-from supervisor.engine.settle import check_control, refused, settle, stopped_by_user, waits_for_deps
+from supervisor.engine.settle import StopReceipt, check_control, refused, settle, stopped_by_user, waits_for_deps
 from supervisor.engine.states import DepVerdict, ServiceState, StackState
 from supervisor.errors import Problems
 from supervisor.logs.echo import Echo
@@ -331,9 +331,12 @@ class Engine:
     async def stop(self, name: str) -> dict[str, Any]:
         svc = self._get(name)
         check_control(svc)
-        svc.post(m.StopRequest())
-        await settle(svc, lambda s: s.inst is None and s.state in (S.STOPPED, S.FAILED),
-                           svc.spec.stop.timeout + 10)
+        receipt = StopReceipt()
+        svc.post(m.StopRequest(receipt))
+        await settle(svc, lambda s: (s.inst is None and s.state in (S.STOPPED, S.FAILED)) or receipt.overtaken(s),
+                     svc.spec.stop.timeout + 10)
+        if receipt.overtaken(svc):
+            raise refused(svc, "stop overtaken by a later start or restart")
         if svc.inst is not None:
             raise refused(svc, "stop did not finish")
         return {"ok": True, "service": svc.status()}

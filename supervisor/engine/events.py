@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -59,6 +60,21 @@ class EventLog:
     def close_subscribers(self) -> None:
         for s in list(self._subscribers):
             s.close()
+
+    @property
+    def opened(self) -> bool:
+        """Whether it appends to a file (its folder was made)."""
+        return self._file is not None
+
+    def writes_to(self, path: Path) -> bool:
+        """Whether the file at ``path`` is the one this log appends to (not deleted, not replaced)."""
+        if self._file is None:
+            return False
+        try:
+            now, ours = os.stat(path), os.fstat(self._file.fileno())
+        except (OSError, ValueError):
+            return False
+        return (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino)
 
     def close(self) -> None:
         if self._file is not None:

@@ -120,8 +120,8 @@ class ProcessHost:
         if run is None or run.child is None:
             return None
         if run.main_known is not None and not run.main_known.is_set():
-            return "the daemon is not known yet" + (f" (pid_file {self.unit.spec.pid_file})"
-                                                    if self.unit.spec.pid_file else "")
+            return "the daemon is not known yet" + (f" (pid_file {self.unit.pid_file})"
+                                                    if self.unit.pid_file else "")
         return why_not_ready(run.probes) if run.probes else None
 
     def notify_text(self, inst: Instance) -> str | None:

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 DRAIN_AFTER_EXIT = 2.0   # seconds to wait for the pipe's EOF after the main process exited, before stopping leftovers
 QUIET_AFTER = 0.25   # seconds of quiet output after which a run with nothing to probe or watch parks (no task)
+SPAWNS_SETTLE_S = 0.05   # at most this long, an exit waits for spawns in flight before it looks for leftovers
 
 
 @dataclass(eq=False, slots=True)
@@ -289,7 +290,7 @@ class Lifetime:
             return code, (f"the launcher exited with code {code} (type = \"forking\" expects it to exit 0 once "
                           f"its daemon runs)")
         unit = self.unit
-        pid_file = unit.cwd / unit.spec.pid_file if unit.spec.pid_file else None
+        pid_file = unit.pid_file
         deadline = (run.inst.spawned_at or time.monotonic()) + unit.ready.timeout
         notified = run.notify
         found = await find_main(child, pid_file, deadline, give_up=lambda: run.stopping,
@@ -318,6 +319,10 @@ class Lifetime:
         if drain and not run.stopping:
             with anyio.move_on_after(DRAIN_AFTER_EXIT):
                 await self.eof.wait()
+        if child.reaper is not None and not run.stopping and self.eof.is_set():
+            # another service's spawn in flight is an unknown child of qasup until it is registered: not a
+            # leftover of this one (else anything_left scans all of /proc, milliseconds in the event loop)
+            await child.reaper.spawns_settled(SPAWNS_SETTLE_S)
         if not run.stopping and (not self.eof.is_set() or anything_left(child)):
             # leftovers still hold the pipe or run on: a service is stopped only when none remain
             self.left_behind = sorted(tree_stats(child))

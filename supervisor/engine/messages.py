@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 from supervisor.records import dataclass
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from supervisor.engine.instance import Instance
     from supervisor.plan.resolve import ResolvedUnit
     from supervisor.plan.result import ServicePlan
@@ -129,7 +131,10 @@ class StartRequest(Message):
 
 @dataclass(frozen=True, slots=True, eq=False)
 class StopRequest(Message):
-    pass
+    """``handled``: called by the runner once it has acted on this stop (the verb then knows that a start or
+    restart which clears the hold came after it)."""
+
+    handled: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True, slots=True, eq=False)

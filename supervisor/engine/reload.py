@@ -74,7 +74,7 @@ def fingerprint(unit: ResolvedUnit, splan: ServicePlan) -> tuple[object, ...]:
     and ``[live]``), how it runs (type, pid file, user and groups), what it restarts with, and its plan."""
     s = unit.spec
     return (unit.argv, str(unit.cwd), tuple(sorted(unit.env.items())), str(unit.log_file), unit.tail,
-            unit.prepare_argv, unit.ready, unit.live, unit.rules, s.stop, s.restart, s.log, s.type, s.pid_file,
+            unit.prepare_argv, unit.ready, unit.live, unit.rules, s.stop, s.restart, s.log, s.type, unit.pid_file,
             s.user, s.group, s.groups, s.restart_with, splan.enabled, tuple(sorted(splan.env.items())))
 
 

@@ -28,14 +28,22 @@ class Service(Protocol):
     def set_state(self, state: ServiceState, message: str | None = None) -> None: ...
     def begin_stop(self, reason: StopReason, failure: str | None = None) -> None: ...
     def evaluate(self) -> None: ...
+    def wake_waiters(self) -> None: ...
     def take_unit(self, unit: ResolvedUnit) -> None: ...
+
+
+def _release(svc: Service) -> None:
+    """Clear the hold; a stop still waiting for the service learns at once that it was overtaken."""
+    if svc.hold is not None:
+        svc.hold = None
+        svc.wake_waiters()
 
 
 def start(svc: Service) -> None:
     """`qasup start`: clear a hold; a failed service forgets its restart history."""
     if svc.state == ServiceState.DISABLED:
         return
-    svc.hold = None
+    _release(svc)
     if svc.state == ServiceState.FAILED:
         svc.policy.reset()
     if svc.inst is None and svc.state in (ServiceState.STOPPED, ServiceState.FAILED, ServiceState.BACKOFF):
@@ -60,7 +68,7 @@ def restart(svc: Service) -> None:
     """`qasup restart`: stop the run and start again at once (or start now if it is not running)."""
     if svc.state == ServiceState.DISABLED:
         return
-    svc.hold = None
+    _release(svc)
     if svc.inst is not None:
         if svc.inst.terminating:
             svc.inst.stop_reason = StopReason.RESTART

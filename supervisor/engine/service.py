@@ -98,10 +98,14 @@ class Service:
         prev, self.state = self.state, state
         self.state_since = self.stack.clock()
         self.stack.record(self, prev, message)
+        self.wake_waiters()
+        self.stack.poke_neighbours(self.name)
+
+    def wake_waiters(self) -> None:
+        """Wake whoever waits on :attr:`changed` (at a state change, or when a request changed the hold)."""
         ev, self._changed = self._changed, None
         if ev is not None:
             ev.set()
-        self.stack.poke_neighbours(self.name)
 
     # ------------------------------------------------------------------ the runner
 
@@ -168,8 +172,10 @@ class Service:
                 self._on_backoff_done(token)
             case m.StartRequest():
                 requests.start(self)
-            case m.StopRequest():
+            case m.StopRequest(handled=handled):
                 requests.stop(self)
+                if handled is not None:
+                    handled()
             case m.RestartRequest():
                 requests.restart(self)
             case m.Shutdown():

@@ -14,7 +14,7 @@ from supervisor.engine.states import DepVerdict, Hold, ServiceState
 if TYPE_CHECKING:
     from supervisor.engine.service import Service
 
-__all__ = ["check_control", "refused", "settle", "stopped_by_user", "waits_for_deps"]
+__all__ = ["StopReceipt", "check_control", "refused", "settle", "stopped_by_user", "waits_for_deps"]
 
 S = ServiceState
 
@@ -41,6 +41,23 @@ def waits_for_deps(svc: Service) -> bool:
 def stopped_by_user(svc: Service) -> bool:
     """A stop came in meanwhile: a start or restart waiting for readiness answers at once (refused)."""
     return svc.inst is None and svc.state == S.STOPPED and svc.hold is Hold.USER
+
+
+class StopReceipt:
+    """Handed to the runner with a stop request (``StopRequest(handled=receipt)``), which calls it once it has
+    acted on the stop. From then on, a service no longer held by the user was started or restarted after the
+    stop: the stop verb answers at once (refused) instead of waiting out its timeout."""
+
+    __slots__ = ("acted",)
+
+    def __init__(self) -> None:
+        self.acted = False
+
+    def __call__(self) -> None:
+        self.acted = True
+
+    def overtaken(self, svc: Service) -> bool:
+        return self.acted and svc.hold is not Hold.USER
 
 
 def refused(svc: Service, what: str) -> Conflict:

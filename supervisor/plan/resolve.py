@@ -135,6 +135,7 @@ class ResolvedUnit:
     cuda_visible_devices: str | None = None
     live: LiveChecks | None = None        # [live], expanded
     external: bool = False                # runs elsewhere (`external = true`, or outside `up --only`): probes only
+    pid_file: Path | None = None          # type = "forking": pid_file expanded, relative to cwd
 
     @property
     def name(self) -> str:
@@ -236,6 +237,7 @@ def resolve_unit_anyway(stack: StackSpec, unit: UnitSpec, plan_env: Mapping[str,
     log_file = (stack.path(x(unit.log.file, "log.file", lookup)) if unit.log.file and not unit.external
                 else stack.path(stack.log_dir) / f"{unit.name}.log")
     tail = tuple(stack.path(x(t, "log.tail", lookup)) for t in unit.log.tail)
+    pid_file = cwd / x(unit.pid_file, "pid_file", lookup) if unit.pid_file else None
     req_paths = tuple(stack.path(x(p, "requires_paths", lookup)) for p in unit.requires_paths)
     prep_argv = prep_paths = None
     if unit.prepare:
@@ -261,7 +263,8 @@ def resolve_unit_anyway(stack: StackSpec, unit: UnitSpec, plan_env: Mapping[str,
     return ResolvedUnit(
         spec=unit, argv=argv, cwd=cwd, env=proc_env, log_file=log_file, tail=tail, requires_paths=req_paths,
         prepare_argv=prep_argv, prepare_paths=prep_paths or (), ready=ready, rules=tuple(rules),
-        cuda_visible_devices=gpu_env.get("CUDA_VISIBLE_DEVICES"), live=live, external=unit.external)
+        cuda_visible_devices=gpu_env.get("CUDA_VISIBLE_DEVICES"), live=live, external=unit.external,
+        pid_file=pid_file)
 
 
 def _checks(unit: UnitSpec, table: str, r: ReadySpec | LiveSpec, lookup: Mapping[str, str],

@@ -129,12 +129,13 @@ def find_hierarchy(prefer: str | None = None) -> tuple[int, str, str | None] | s
 class Cgroup:
     """One service instance's cgroup (a folder). Every method is cheap and never raises."""
 
-    __slots__ = ("path", "version", "freezer")
+    __slots__ = ("path", "version", "freezer", "gone")
 
     def __init__(self, path: str, version: int, freezer: bool) -> None:
         self.path = path
         self.version = version
         self.freezer = freezer
+        self.gone = False   # removed by :meth:`remove`: every later call answers without a system call
 
     def __repr__(self) -> str:
         return f"<Cgroup {self.path}>"
@@ -155,6 +156,8 @@ class Cgroup:
     def pids(self) -> set[int]:
         """Every process in this cgroup (and cgroups below it); empty when it is gone."""
         found: set[int] = set()
+        if self.gone:
+            return found
         for at in self._folders():
             text = read_text(os.path.join(at, "cgroup.procs"))
             if text:
@@ -163,6 +166,8 @@ class Cgroup:
 
     def populated(self) -> bool:
         """Whether any live process is in it (v2: ``cgroup.events``, no listing; zombies do not count)."""
+        if self.gone:
+            return False
         if self.version == 2:
             text = read_text(os.path.join(self.path, "cgroup.events"))
             return text is not None and "populated 1" in text
@@ -214,6 +219,8 @@ class Cgroup:
 
     def remove(self) -> bool:
         """Remove the folder (and empty ones below it); False while processes are in it. Gone is success."""
+        if self.gone:
+            return True
         ok = True
         for at in reversed(self._folders()):
             try:
@@ -222,6 +229,7 @@ class Cgroup:
                 pass
             except OSError:
                 ok = False
+        self.gone = ok
         return ok
 
 

@@ -123,6 +123,7 @@ class Reaper:
         self._snapshots = SnapshotCache()
         self._in_flight = 0                 # spawn_async calls between fork and registration
         self._held: dict[int, int] = {}     # pid -> status reaped while a spawn was in flight
+        self._settled: anyio.Event | None = None   # set when no spawn is in flight (made only when awaited)
         self._spawn_threads: anyio.CapacityLimiter | None = None
 
     @classmethod
@@ -345,3 +346,17 @@ class Reaper:
         """No spawn in flight: held statuses belonged to orphans after all."""
         self.orphans_reaped += len(self._held)
         self._held.clear()
+        settled, self._settled = self._settled, None
+        if settled is not None:
+            settled.set()
+
+    async def spawns_settled(self, timeout: float) -> bool:
+        """Wait (up to ``timeout`` seconds) until no :meth:`spawn_async` is between its fork and its
+        registration; whether none is. Until then a child of qasup that is unknown here may be one of them, not
+        an orphan (``tree.anything_left`` would look for leftovers in all of /proc because of it)."""
+        if self._in_flight:
+            if self._settled is None:
+                self._settled = anyio.Event()
+            with anyio.move_on_after(timeout):
+                await self._settled.wait()
+        return not self._in_flight

@@ -109,7 +109,10 @@ async def wait_ready(probes: Sequence[Probe], mode: str) -> None:
     if not probes:
         return
     try:
-        if mode == "any":
+        if len(probes) == 1:   # the common case (a log marker): no task group, no task, two loop turns fewer
+            await probes[0].wait()
+            probes[0].passed = True
+        elif mode == "any":
             async with anyio.create_task_group() as tg:
                 async def one(p: Probe) -> None:
                     await p.wait()
