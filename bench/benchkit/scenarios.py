@@ -228,6 +228,16 @@ def s2_marker_latency(ctx: Ctx, res: Result, duration: float) -> None:
             raise RuntimeError("no marker/ready pairs collected")
 
     guarded(res, QASUP, ctx, run, [q])
+    # the floor, right after: a bare asyncio reader keeping the same stand-ins flapping (benchkit/markerfloor.py)
+    floor = Path(__file__).with_name("markerfloor.py")
+    try:
+        out = subprocess.run([ctx.python, "-I", "-S", str(floor), str(len(progs)), str(duration),
+                              *progs[0].argv], capture_output=True, text=True, timeout=duration + 30,
+                             env={**os.environ, "BENCH_RUN": ctx.marker}, check=True).stdout
+        for v in out.split():
+            res.add("floor_latency_ms", QASUP, float(v))
+    except (OSError, subprocess.SubprocessError, ValueError) as e:
+        res.notes.append(f"the marker latency floor could not be measured: {e}")
 
 
 # ---------------------------------------------------------------------------------------------- 3
