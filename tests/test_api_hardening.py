@@ -220,8 +220,11 @@ def connect(path: Path, timeout: float = 5.0) -> socket.socket:
 
 def exchange(path: Path, data: bytes) -> bytes:
     with connect(path) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
+        try:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered (a 503) and closed before the request was read: the answer is still to be read
         out = b""
         try:
             while chunk := sock.recv(65536):
