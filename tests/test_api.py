@@ -335,8 +335,21 @@ def test_streams_are_capped_leaving_room_for_status(start_server):
     second = raw_exchange(server.socket_path, get("/v1/events"))
     assert status_code(second) == 503 and "too many streaming clients" in body_json(second)["error"]
     assert_status_ok(server)
+    assert refused(server.socket_path) == {"connection_limit": 0, "stream_limit": 1, "idle_shed": 0,
+                                           "out_of_fds_reserve": 0, "out_of_fds_request": 0}
     first.close()
     wait_until(lambda: not server.controller.subscribers)
+
+
+def refused(path) -> dict[str, float]:
+    """``qasup_api_refused_total`` by reason, from the server's ``/metrics`` (parsed by prometheus_client)."""
+    from prometheus_client import parser
+
+    response = raw_exchange(path, get("/metrics"))
+    assert status_code(response) == 200, response[:300]
+    text = response.split(b"\r\n\r\n", 1)[1].decode()
+    return {s.labels["reason"]: s.value for fam in parser.text_string_to_metric_families(text) for s in fam.samples
+            if s.name == "qasup_api_refused_total"}
 
 
 def test_http_1_0_client(server):

@@ -28,6 +28,7 @@ from pathlib import Path
 import anyio
 import anyio.from_thread
 import pytest
+from test_api import refused
 
 from supervisor.cli import control_args
 from supervisor.cli import control_verbs as ctl
@@ -320,6 +321,8 @@ def test_status_against_full_connection_slots_retries_then_exits_4(start_server,
     finally:
         for sock in holders:
             sock.close()
+    counts = refused(server.socket_path)   # every try of those verbs was one connection over the cap
+    assert counts["connection_limit"] >= 5 and counts["stream_limit"] == counts["idle_shed"] == 0, counts
 
 
 def test_wait_ready_keeps_polling_an_overloaded_daemon(start_server, capsys):

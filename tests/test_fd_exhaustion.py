@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from test_api import make_controller, portal, short_dir, start_server  # noqa: F401  (fixtures)
+from test_api import refused as api_refused
 from test_api_hardening import dechunk, read_head, status_of
 
 from supervisor.control import client
@@ -161,6 +162,8 @@ def test_idle_clients_holding_every_descriptor_are_shed_and_status_answers(stack
         s.close()
     poll(lambda: held_connections(pid, sock_path) == 0, 5, "the daemon to close the clients' connections")
     assert client.request(sock_path, "GET", "/v1/status", timeout=5)[0] == 200
+    counts = api_refused(sock_path)   # /metrics counts what was shed
+    assert counts["idle_shed"] >= len(shed) + 1 and counts["out_of_fds_reserve"] == 0, counts
     assert u.stop() == 0, u.out
     assert not any(b in u.out for b in BAD_OUTPUT), u.out
 
@@ -221,6 +224,8 @@ def test_streams_holding_every_descriptor_are_kept_and_status_gets_a_quick_503(s
             return False
 
     poll(answers, 5, lambda: f"status to answer once the streams are gone; output:\n{u.out}")
+    counts = api_refused(sock_path)   # status's tries, answered on the reserve
+    assert counts["out_of_fds_reserve"] >= 2 and counts["idle_shed"] == 0, counts
     assert u.stop() == 0, u.out
     assert not any(b in u.out for b in BAD_OUTPUT), u.out
 

@@ -27,6 +27,7 @@ import pytest
 
 from supervisor.control import client
 from supervisor.control.metrics import CONTENT_TYPE, Observed, escape_label, render_metrics
+from supervisor.control.refusals import Refusals
 from supervisor.engine.counters import ServiceCounters
 from supervisor.logs.echo import Echo
 from supervisor.logs.rotate import LogCounts, RotatingFile
@@ -141,7 +142,8 @@ def make_status() -> dict:
 
 
 def test_every_family_parses_with_the_values_of_the_status() -> None:
-    observed = Observed(plan=lambda: {"gpus": GPUS}, events_total=lambda: 42, echo_dropped=lambda: {"llm": 5})
+    observed = Observed(plan=lambda: {"gpus": GPUS}, events_total=lambda: 42, echo_dropped=lambda: {"llm": 5},
+                        api_refused=lambda: {"connection_limit": 3, "idle_shed": 0})
     text = render_metrics(make_status(), observed, {"rss": 25 << 20, "cpu": 1.5, "fds": 17})
     fams = families(text)
     # counters lose their _total in the parsed family name (prometheus_client's own reading of 0.0.4)
@@ -185,6 +187,9 @@ def test_every_family_parses_with_the_values_of_the_status() -> None:
     assert samples(text, "qasup_process_open_fds") == {(): 17}
     assert samples(text, "qasup_process_start_time_seconds") == {(): 900.0}
     assert samples(text, "qasup_events_total") == {(): 42}
+    assert samples(text, "qasup_api_refused_total") == {(("reason", "connection_limit"),): 3,
+                                                        (("reason", "idle_shed"),): 0}
+    assert fams["qasup_api_refused"].type == "counter"
     assert samples(text, "qasup_gpu_memory_total_bytes") == {
         (("index", "0"), ("name", 'RTX "4090" \\ test')): 24564 * 2**20,
         (("index", "1"), ("name", "NVIDIA GeForce RTX 4090")): 24564 * 2**20}
@@ -344,6 +349,7 @@ def test_metrics_from_a_running_stack_on_every_listener(stack, up) -> None:
     assert samples(text, "qasup_events_total")[()] <= events + 5 and samples(text, "qasup_events_total")[()] > 3
     assert samples(text, "qasup_process_resident_memory_bytes")[()] > 5 << 20
     assert samples(text, "qasup_process_open_fds")[()] > 3
+    assert samples(text, "qasup_api_refused_total") == {(("reason", r),): 0 for r in Refusals.REASONS}
     assert samples(text, "qasup_gpu_memory_free_bytes")[(("index", "1"), ("name", "NVIDIA GeForce RTX 4090"))] \
         == 100 * 2**20
 

@@ -51,6 +51,7 @@ class Observed:
     plan: Callable[[], Mapping[str, Any]] = field(default=_nothing)
     events_total: Callable[[], int] = field(default=_zero)
     echo_dropped: Callable[[], Mapping[str, int]] = field(default=_nothing)
+    api_refused: Callable[[], Mapping[str, int]] = field(default=_nothing)
 
 
 def plan_facts(plan: Plan) -> dict[str, Any]:
@@ -179,6 +180,9 @@ def render_metrics(status: StatusPayload, observed: Observed, process: Mapping[s
     _stack_families(w, stack, rows)
     _process_families(w, round(now - float(stack["uptime_s"]), 3), process_facts() if process is None else process,
                       observed.events_total())
+    w.family("qasup_api_refused_total", "counter", "Connections and requests the control API turned away for want "
+             "of room (503, or an idle connection closed), by reason.",
+             [((("reason", reason),), n) for reason, n in observed.api_refused().items()])
     _gpu_families(w, observed.plan().get("gpus") or ())
     return w.text()
 

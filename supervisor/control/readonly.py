@@ -18,6 +18,7 @@ from supervisor.control.controller import Controller
 from supervisor.control.http import Answer, Channel, Limits, Request, allow, check_query
 from supervisor.control.metrics import Observed
 from supervisor.control.page import page_answer
+from supervisor.control.refusals import Refusals
 from supervisor.control.routes import Routes
 
 __all__ = ["READ_PATHS", "ReadOnlyRoutes"]
@@ -42,8 +43,8 @@ class ReadOnlyRoutes(Routes):
     """The control API's routes restricted to reading, without a token (see the module's docstring)."""
 
     def __init__(self, controller: Controller, log: Callable[[str], None], limits: Limits,
-                 observed: Observed | None = None) -> None:
-        super().__init__(controller, log, limits, None, observed)
+                 observed: Observed | None = None, refusals: Refusals | None = None) -> None:
+        super().__init__(controller, log, limits, None, observed, refusals)
 
     async def dispatch(self, ch: Channel, request: Request, is_tcp: bool) -> bool:
         return await super().dispatch(ch, request, False)   # no token here: nothing here needs one

@@ -47,6 +47,7 @@ from supervisor.control.http import (
 )
 from supervisor.control.metrics import CONTENT_TYPE as METRICS_TYPE
 from supervisor.control.metrics import Observed, render_metrics
+from supervisor.control.refusals import Refusals
 from supervisor.control.streams import StreamBuffer, StreamPool
 from supervisor.control.table import not_ready, render_status
 from supervisor.protocol import NAME_RE, mask_status
@@ -62,8 +63,9 @@ class Routes:
     """Answers requests for one server: holds the controller, the token and the count of open streams."""
 
     def __init__(self, controller: Controller, log: Callable[[str], None], limits: Limits, token: str | None,
-                 observed: Observed | None = None) -> None:
+                 observed: Observed | None = None, refusals: Refusals | None = None) -> None:
         self.controller = controller
+        self.refusals = refusals if refusals is not None else Refusals()
         self.observed = observed or Observed()
         self.log = log
         self.limits = limits
@@ -237,8 +239,10 @@ class Routes:
 
     def _take_stream_slot(self) -> None:
         if self._streams >= self.limits.max_streams:
+            self.refusals.add("stream_limit")
             raise Answer(503, f"too many streaming clients (at most {self.limits.max_streams}); try again")
         if not self._pool.room(self.limits.stream_buffer_bytes):
+            self.refusals.add("stream_limit")
             raise Answer(503, f"the streams to slow readers already hold {self._pool.held} bytes (at most "
                               f"{self._pool.cap}); try again")
         self._streams += 1

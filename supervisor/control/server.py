@@ -19,6 +19,7 @@ extra endpoint, holds no connection slot while waiting, and the status JSON is c
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import sys
@@ -44,6 +45,7 @@ from supervisor.control.listen import (
 )
 from supervisor.control.metrics import Observed
 from supervisor.control.readonly import ReadOnlyRoutes
+from supervisor.control.refusals import Refusals
 from supervisor.control.routes import Routes
 from supervisor.control.spare import Idle, Spare
 from supervisor.proc.kernel import out_of_fds, out_of_fds_text
@@ -119,8 +121,10 @@ async def serve(
     unix_sock: socket.socket | None = bound.unix  # closed here unless a listener owns it
     tcp_sock: socket.socket | None = bound.tcp
     http_sock: socket.socket | None = bound.http
-    spare = Spare(log)   # shared: when accept() finds no descriptor, any server's idle connection may go
-    server = _ApiServer(Routes(controller, log, limits, token, observed), log, limits, spare)
+    refusals = Refusals()   # one count for every listener (/metrics: qasup_api_refused_total)
+    observed = dataclasses.replace(observed or Observed(), api_refused=refusals.snapshot)
+    spare = Spare(log, refusals)   # shared: when accept() finds no descriptor, any server's idle connection may go
+    server = _ApiServer(Routes(controller, log, limits, token, observed, refusals), log, limits, spare)
     unix = _UnixSocket(socket_path, server, log)
     unix.inode = bound.inode
     tcp_listener: anyio.abc.SocketListener | None = None
@@ -144,7 +148,8 @@ async def serve(
                 if tcp_listener is not None:
                     tg.start_soon(server.accept_loop, tcp_listener, True, tg)
                 if http_listener is not None:
-                    readonly = _ApiServer(ReadOnlyRoutes(controller, log, limits, observed), log, limits, spare)
+                    readonly = _ApiServer(ReadOnlyRoutes(controller, log, limits, observed, refusals), log, limits,
+                                          spare)
                     tg.start_soon(readonly.accept_loop, http_listener, True, tg)
                     log(f"api: status page and /metrics on {_url(http_address)} (read-only, no token)")
                 tg.start_soon(unix.watch, tg)
@@ -301,6 +306,7 @@ class _ApiServer:
                 tg.start_soon(self._serve_connection, stream, is_tcp)
 
     async def _refuse_busy(self, stream: anyio.abc.SocketStream) -> None:
+        self.spare.refusals.add("connection_limit")
         now = time.monotonic()
         if now - self._last_busy_log > 1.0:
             self._last_busy_log = now

@@ -35,12 +35,14 @@ import anyio
 import anyio.lowlevel
 
 from supervisor.control.http import busy_response
+from supervisor.control.refusals import Refusals
 from supervisor.proc.kernel import out_of_fds_text
 
 __all__ = ["Idle", "Spare"]
 
 _SHED_WAIT = 1.0   # at most this long for a shed connection's task to close its socket
 _SAY_EVERY = 10.0  # seconds between two log lines of one kind
+_REASONS = {"shed": "idle_shed", "reserve": "out_of_fds_reserve", "request": "out_of_fds_request"}
 
 
 class Idle:
@@ -89,8 +91,9 @@ class Idle:
 class Spare:
     """The reserve descriptor and the idle connections of the daemon's API servers."""
 
-    def __init__(self, log: Callable[[str], None]) -> None:
+    def __init__(self, log: Callable[[str], None], refusals: Refusals | None = None) -> None:
         self.log = log
+        self.refusals = refusals if refusals is not None else Refusals()
         self._reserve = -1
         self._idle: dict[Idle, None] = {}   # insertion order: the longest idle first
         self._counts = {"shed": 0, "reserve": 0, "request": 0}
@@ -169,8 +172,9 @@ class Spare:
         return True
 
     def say(self, kind: str, message: str) -> None:
-        """Log ``message`` of ``kind`` (shed, reserve, request), the first and then at most every 10 s."""
+        """Count ``kind`` (shed, reserve, request) and log ``message``, the first and then at most every 10 s."""
         self._counts[kind] += 1
+        self.refusals.add(_REASONS[kind])
         now = time.monotonic()
         if now - self._said[kind] >= _SAY_EVERY:
             self._said[kind] = now
