@@ -257,7 +257,6 @@ def busy_response(message: str) -> bytes:
 BUSY_RESPONSE = busy_response("too many connections to the qasup control API; try again")
 """The whole answer to a connection over the cap: written raw, without reading the request."""
 
-
 _GONE_BASE = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
 _GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, TimeoutError, OSError)
 
