@@ -17,7 +17,7 @@ from pathlib import Path
 
 from supervisor.cli.render import render_status
 from supervisor.control import client
-from supervisor.control.metrics import render_metrics
+from supervisor.control.metrics import Observed, render_metrics
 from supervisor.protocol import service_status
 
 from conftest import qasup
@@ -343,16 +343,6 @@ def test_the_table_and_metrics_render_external_rows():
     payload = {"stack": {"state": "ready", "pid": 1, "uptime_s": 3.0, "name": "s", "time": 100.0}, "services": rows}
     lines = render_status(payload).splitlines()   # type: ignore[arg-type]
     assert re.match(r"ctl\s+ready\s+external\s", lines[2]) and re.match(r"web\s+ready\s+812\s", lines[3]), lines
-
-    class Observed:
-        def echo_dropped(self) -> dict:
-            return {}
-
-        def events_total(self) -> int:
-            return 0
-
-        def plan(self) -> dict:
-            return {}
 
     text = render_metrics(payload, Observed(), process={"cpu": 0.0, "rss": 1.0})   # type: ignore[arg-type]
     assert "# TYPE qasup_service_external gauge" in text
