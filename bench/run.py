@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmarks: qasup against supervisord on the same stand-in programs, in alternating rounds.
 
-    python bench/run.py                 # everything, 5 rounds (~5 min on 2 cores, +~1.5 min for scenario 8); writes docs/benchmarks.md
+    python bench/run.py                 # everything, 5 rounds (~7.5 min on 2 cores, scenario 8 included); writes docs/benchmarks.md
     python bench/run.py --quick         # 2 rounds, shorter windows, scale 100/300 (not written to docs/)
     python bench/run.py --only 3,5      # some scenarios only (not written to docs/ unless --out is given)
     python bench/run.py --only 8 --out /tmp/real.md   # real programs only: daemonizing nginx, Sanic
