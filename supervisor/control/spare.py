@@ -96,7 +96,6 @@ class Spare:
         self.refusals = refusals if refusals is not None else Refusals()
         self._reserve = -1
         self._idle: dict[Idle, None] = {}   # insertion order: the longest idle first
-        self._counts = {"shed": 0, "reserve": 0, "request": 0}
         self._said = {"shed": 0.0, "reserve": 0.0, "request": 0.0}
         self.fill()
 
@@ -173,12 +172,12 @@ class Spare:
 
     def say(self, kind: str, message: str) -> None:
         """Count ``kind`` (shed, reserve, request) and log ``message``, the first and then at most every 10 s."""
-        self._counts[kind] += 1
-        self.refusals.add(_REASONS[kind])
+        reason = _REASONS[kind]
+        self.refusals.add(reason)
         now = time.monotonic()
         if now - self._said[kind] >= _SAY_EVERY:
             self._said[kind] = now
-            self.log(f"{message} ({self._counts[kind]} so far; said at most every {_SAY_EVERY:g}s)")
+            self.log(f"{message} ({self.refusals.counts[reason]} so far; said at most every {_SAY_EVERY:g}s)")
 
 
 def _os_error(exc: BaseException) -> BaseException:
