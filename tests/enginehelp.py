@@ -18,10 +18,8 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -30,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from ports import free_port  # noqa: F401  (re-exported: the tests import it from here)
 
 PY = sys.executable
 STANDINS = Path(__file__).parent / "standins"
@@ -70,23 +70,6 @@ def to_toml(doc: dict[str, Any]) -> str:
                 lines.append(f"[[{k}]]")
                 lines += [f"{kk} = {toml_value(vv)}" for kk, vv in item.items()]
     return "\n".join(lines) + "\n"
-
-
-_ports_given: set[int] = set()
-_ports_lock = threading.Lock()
-
-
-def free_port() -> int:
-    """A free TCP port of 127.0.0.1, never one this process handed out before: tests that run side by side
-    (:func:`together`) each pick ports that a service binds only later, and must not pick the same one."""
-    with _ports_lock:
-        while True:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            if port not in _ports_given:
-                _ports_given.add(port)
-                return port
 
 
 def poll(pred: Callable[[], Any], timeout: float, what: str | Callable[[], str], pause: float = 0.02) -> Any:

@@ -26,7 +26,7 @@ from supervisor.proc.kernel import set_subreaper
 from supervisor.proc.reaper import Reaper
 from supervisor.readiness.live import LiveLog, LiveLoop, build_checks, run_round
 
-from enginehelp import PY, poll, stack, up  # noqa: F401  (fixtures)
+from enginehelp import PY, free_port, poll, stack, up  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.anyio
 
@@ -266,9 +266,7 @@ s.serve_forever()
 def test_http_server_that_stops_answering_warns_then_recovers(stack, up, tmp_path):
     (tmp_path / "live_http.py").write_text(HTTP)
     sick = tmp_path / "sick"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     stack.unit("web", command=[PY, "live_http.py", str(port), str(sick)], ready={"log": "^listening$"},
                live={"http": f"http://127.0.0.1:{port}/health", "interval": "200ms", "timeout": "300ms",
                      "failures": 2, "action": "warn"})

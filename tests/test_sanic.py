@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,15 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from ports import free_port
+
 pytest.importorskip("sanic", reason="sanic is a test dependency (pip install -e '.[test]')")
 
 APP = Path(__file__).parent / "apps" / "sanic_app.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_real_sanic_ready_from_starting_worker(tmp_path):

@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -35,7 +34,7 @@ from supervisor.control.metrics import Observed
 from supervisor.control.server import serve
 
 from conftest import qasup
-from enginehelp import PY, poll, stack, up  # noqa: F401  (stack, up: fixtures)
+from enginehelp import PY, free_port, poll, stack, up  # noqa: F401  (stack, up: fixtures)
 from fakecontrol import FakeController
 
 CHROMIUM = "/usr/bin/chromium"
@@ -94,12 +93,6 @@ def browser() -> Iterator[object]:
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 ROWS_JS = """

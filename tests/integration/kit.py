@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ports import free_port  # noqa: F401  (re-exported: the suite imports it from here)
+
 REPO = Path(__file__).resolve().parents[2]
 UNITS = Path(__file__).resolve().parent / "units"
 PY = sys.executable
@@ -48,12 +50,6 @@ def poll(pred: Callable[[], Any], timeout: float, what: str | Callable[[], str],
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what() if callable(what) else what}")
         time.sleep(pause)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_free(port: int) -> bool:
