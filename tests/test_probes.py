@@ -23,7 +23,7 @@ from supervisor.readiness.httpprobe import BODY_LIMIT, BodyPrefix, HttpProbe
 from supervisor.readiness.probes import why_not_ready
 from supervisor.readiness.transport import PlainHTTPTransport
 
-from enginehelp import PY, poll, stack, standin, together, together_alone, together_results, up  # noqa: F401  (fixtures)
+from enginehelp import PY, free_port, poll, stack, standin, together, together_alone, together_results, up  # noqa: F401  (fixtures)
 
 CAP = 64 * 1024 * 1024    # a server stops after this much (a probe that reads it all fails the test, not the box)
 BOUND = 1024 * 1024       # what one try may make a server send: 64 KiB read + socket buffers
@@ -257,9 +257,7 @@ def test_a_short_body_without_expect_text_and_a_bad_status_say_so(serve):
 
 
 def test_transport_errors_come_out_as_httpx_errors(serve):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
+    closed = free_port()   # nothing listens there, and no other test's bind(0) can take it
     p = HttpProbe(f"http://127.0.0.1:{closed}/", "GET", None, 1.0)
     assert not try_once(p)[0]
     assert p.last_error.startswith(f"GET http://127.0.0.1:{closed}/: ConnectError: ")
