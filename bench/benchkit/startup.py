@@ -140,6 +140,8 @@ def _run_driver(d: Qasup, n: int, timeout: float = 30.0) -> list[tuple[str, floa
     return out
 
 
+PLAN_FLOOR = ("... after qasup's own reading and checking of the units and its plan (`load_plan`), with no event "
+              "loop: the least a qasup that spawned its first services before the loop would need")
 _CHILD = "['/bin/sh', '-c', 'echo \" | RUNNING floor\"']"
 FLOORS = (
     ("Python starts and spawns a process (`import subprocess; subprocess.Popen(...)`)",
@@ -150,6 +152,9 @@ FLOORS = (
      f"subprocess.Popen({_CHILD})"),
     ("... from inside `anyio.run` (asyncio backend), as every anyio program must",
      f"import subprocess, anyio\nasync def main():\n    subprocess.Popen({_CHILD})\nanyio.run(main)"),
+    (PLAN_FLOOR,
+     "import subprocess, sys\nfrom pathlib import Path\nfrom supervisor.plan.pipeline import PlanRequest, load_plan\n"
+     f"load_plan(PlanRequest(config=Path(sys.argv[1]).parent))\nsubprocess.Popen({_CHILD})"),
 )
 """Floors for launch -> first spawn, measured the same way as qasup's first service line (``-X importtime``
 aside): the arrival of the child's first line on the pipe that the launcher's stdout is."""
