@@ -523,6 +523,28 @@ def test_echo_never_blocks_on_a_pipe_nobody_reads_and_reports_drops() -> None:
     assert shown + dropped == 1000 * 1000
 
 
+def test_echo_loses_nothing_and_keeps_the_order_when_a_full_pipe_is_read_again() -> None:
+    read_fd, write_fd = os.pipe()
+    echo = Echo(write_fd)   # the default queue (8 MiB) holds all of it: nothing is dropped
+    stream = echo.line_writer("s")
+    lines = [b"%06d " % i + b"x" * 200 + b"\n" for i in range(5000)]   # ~1 MB into a 64 KiB pipe nobody reads yet
+    for i in range(0, len(lines), 10):
+        stream.write(b"".join(lines[i:i + 10]))
+    out = bytearray()
+    reader = threading.Thread(target=read_into, args=(read_fd, out))
+    reader.start()
+    try:
+        assert wait_until(lambda: len(out) >= sum(len(b"s | ") + len(ln) for ln in lines))
+        stream.write(b"after\n")   # the writer has caught up and sleeps: woken again, still in order
+        assert wait_until(lambda: bytes(out).endswith(b"s | after\n"))
+    finally:
+        echo.close()
+        os.close(write_fd)
+        reader.join(5)
+    assert bytes(out) == b"".join(b"s | " + ln for ln in lines) + b"s | after\n"
+    assert echo.dropped == {}
+
+
 def test_echo_close_does_not_hang_on_a_stalled_stdout() -> None:
     read_fd, write_fd = os.pipe()
     try:
