@@ -28,10 +28,17 @@ FAST = {"interval": "50ms"}
 
 
 class Remote:
-    """An HTTP server on a fixed port that answers 200 to GET /; ``start()``/``stop()`` make it come and go."""
+    """An HTTP server on a fixed port that answers 200 to GET /; ``start()``/``stop()`` make it come and go.
+
+    The port stays bound for the Remote's whole life, by a socket that never listens (SO_REUSEPORT lets each
+    start's listener join it): while the server is away a connection is refused, as from a machine that is down,
+    and no other socket can take the port in between (CI saw ``Address already in use`` at a start)."""
 
     def __init__(self) -> None:
-        self.port = free_port()
+        self.reserve = socket.socket()
+        self.reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self.reserve.bind(("127.0.0.1", 0))
+        self.port = self.reserve.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/"
         self.server: http.server.ThreadingHTTPServer | None = None
 
@@ -46,8 +53,11 @@ class Remote:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.server.daemon_threads = True
+        class Server(http.server.ThreadingHTTPServer):
+            allow_reuse_port = True
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", self.port), Handler)
         threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
         return self
 
@@ -56,6 +66,10 @@ class Remote:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+
+    def close(self) -> None:
+        self.stop()
+        self.reserve.close()
 
 
 def external_unit(stack, name: str, remote: Remote, live: dict | None = None, **ready: object) -> None:
@@ -120,7 +134,7 @@ def test_external_is_ready_when_its_server_appears_and_only_then_what_requires_i
         assert row["ready_after_s"] is not None and row["uptime_s"] is not None
         assert u.stop() == 0
     finally:
-        remote.stop()
+        remote.close()
 
 
 @together
@@ -180,7 +194,7 @@ def test_live_failure_sends_it_back_to_starting_and_restart_with_dependents_foll
         assert client.request(u.root / ".qasup" / "qasup.sock", "GET", "/v1/status")[1]["stack"]["state"] == "ready"
         assert u.stop() == 0
     finally:
-        remote.stop()
+        remote.close()
 
 
 @together
@@ -202,7 +216,7 @@ def test_live_action_fail_fails_it_and_what_requires_it_until_the_server_is_back
         assert srow(u, "ctl")["state"] == "ready" and srow(u, "web")["pid"] != first
         assert u.stop() == 0
     finally:
-        remote.stop()
+        remote.close()
 
 
 # ------------------------------------------------------------------------------------------ verbs
@@ -240,7 +254,7 @@ def test_stop_start_restart_and_logs_of_an_external_service(stack, up, tmp_path)
         assert not (tmp_path / "logs" / "ctl.log").exists()
         assert u.stop() == 0
     finally:
-        remote.stop()
+        remote.close()
 
 
 # ------------------------------------------------------------------------------------------ shutdown
@@ -261,6 +275,7 @@ def test_shutdown_while_it_probes_exits_0_at_once(stack, up, tmp_path):
     ctl = [e for e in u.events() if e.get("service") == "ctl"]
     assert ctl[-1]["state"] == "stopped" and ctl[-1]["message"] == "probing stopped"
     assert "stop budget" not in u.out and "stack stopped cleanly; exit 0" in u.out
+    remote.close()
 
 
 @together
@@ -277,7 +292,7 @@ def test_shutdown_with_an_external_ready_and_a_dependent_running(stack, up, tmp_
         assert time.monotonic() - began < 3
         assert u.states("ctl")[-1] == "stopped" and u.states("web")[-1] == "stopped"
     finally:
-        remote.stop()
+        remote.close()
 
 
 # ------------------------------------------------------------------------------------------ reload
@@ -305,7 +320,7 @@ def test_reload_makes_a_local_unit_external_and_back(stack, up, tmp_path):
         assert row["external"] is False and row["pid"] != pid
         assert u.stop() == 0
     finally:
-        remote.stop()
+        remote.close()
 
 
 # ------------------------------------------------------------------------------------------ /metrics, table
@@ -334,7 +349,7 @@ def test_metrics_and_the_status_page_show_it_external(stack, up, tmp_path):
             assert 's.external ? "external"' in r.read().decode()
         assert u.stop() == 0
     finally:
-        remote.stop()
+        remote.close()
 
 
 def test_the_table_and_metrics_render_external_rows():

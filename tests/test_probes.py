@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from supervisor.readiness.httpprobe import BODY_LIMIT, BodyPrefix, HttpProbe
-from supervisor.readiness.probes import why_not_ready
+from supervisor.readiness.probes import LogMarker, why_not_ready
 from supervisor.readiness.transport import PlainHTTPTransport
 
 from enginehelp import PY, free_port, poll, stack, standin, together, together_alone, together_results, up  # noqa: F401  (fixtures)
@@ -341,4 +341,35 @@ def test_up_a_service_whose_http_endpoint_streams_forever_becomes_ready_and_qasu
     # every try stops the server within the bound; a try cut short by its own time limit (a busy machine) may
     # have taken less than the 64 KiB prefix, so the lower limit is asserted of the tries as a whole
     assert len(tries) >= 5 and all(n < BOUND for n in tries) and max(tries) >= BODY_LIMIT, tries
+    assert u.stop() == 0
+
+
+def test_a_lone_log_marker_reports_its_pass_at_the_match_once_and_never_after_the_wait_ended():
+    calls: list[str] = []
+    marker = LogMarker("^up$")
+    marker.on_pass = lambda: calls.append("ready")
+    marker.hit()
+    marker.hit()   # a second matching line: the pass was reported already
+    assert calls == ["ready"] and marker.event.is_set()
+    assert marker.settle() is True   # the waiter must not report it again
+    late = LogMarker("^up$")
+    late.on_pass = lambda: calls.append("late")
+    assert late.settle() is False    # the wait ended without a match (the time-out)
+    late.hit()                        # a match after that reports nothing
+    assert calls == ["ready"] and late.event.is_set()
+    plain = LogMarker("^up$")         # no on_pass (one of several checks): the waiter reports
+    plain.hit()
+    assert plain.settle() is False
+
+
+@together
+def test_a_marker_that_comes_only_after_the_ready_timeout_never_makes_the_run_ready(stack, up):
+    # the marker is printed by the stop that the time-out causes: too late to count
+    stack.unit("late", command=["sh", "-c", "trap 'echo up; exit 0' TERM; while :; do sleep 0.05; done"],
+               ready={"log": "^up$", "timeout": "500ms"}, restart={"policy": "never"})
+    u = up().start()
+    u.wait_state("late", "failed")
+    assert "not ready within 0.5s" in u.first("late", "failed")["message"]
+    assert "ready" not in u.states("late"), u.states("late")
+    poll(lambda: b"up\n" in u.log("late"), 5, "the late marker in the log")
     assert u.stop() == 0

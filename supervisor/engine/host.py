@@ -282,6 +282,8 @@ class ProcessHost:
                 return self._run_exec(unit, argv, timeout)
 
             run.marker, run.probes = build_probes(unit.ready, run_exec)
+            if run.marker is not None and len(run.probes) == 1 and unit.spec.type != "forking":
+                run.marker.on_pass = partial(self.svc.post, m.Ready(run.inst))   # ready at the match: a turn sooner
             env = self.ctx.environment(unit)
             if unit.ready.notify:   # sd_notify: the run's own NOTIFY_SOCKET
                 try:

@@ -348,11 +348,12 @@ class Lifetime:
             await wait_ready(run.probes, unit.ready.mode)
             if run.main_known is not None:
                 await run.main_known.wait()   # forking: ready only once the daemon is known
+        reported = run.marker is not None and run.marker.settle()   # a lone marker reports at its match (host.py)
+        if not reported and not scope.cancelled_caught:
             post(m.Ready(run.inst))
-        if scope.cancelled_caught:
+        elif not reported:   # not in time (a forking run's unknown daemon: its search says why, at the same deadline)
             if run.main_known is None or run.main_known.is_set():
                 post(m.ReadyTimeout(run.inst, why_not_ready(run.probes)))
-            # else the search for the daemon says why it was not found, at the same deadline
             return
         live = unit.live
         if live is None:

@@ -28,9 +28,19 @@ class LogMarker(Probe):
         self.pattern = pattern
         self.event = anyio.Event()
         self.last_error = f"no line matching {pattern!r} yet"
+        self.on_pass: Callable[[], None] | None = None   # called at the first match (the run's lone check)
 
     def hit(self) -> None:
+        if self.on_pass is not None and not self.event.is_set():
+            self.on_pass()
         self.event.set()
+
+    def settle(self) -> bool:
+        """Whether ``on_pass`` reported the pass itself (then the waiter must not report it again); from now on a
+        match reports nothing (it came after the wait had ended, e.g. after the time-out)."""
+        reported = self.on_pass is not None and self.event.is_set()
+        self.on_pass = None
+        return reported
 
     async def wait(self) -> None:
         await self.event.wait()
