@@ -16,6 +16,7 @@ import threading
 
 _given: set[int] = set()
 _lock = threading.Lock()
+_pick = random.SystemRandom()   # never the global generator: Hypothesis seeds that one, the same way every run
 _LOWEST = 20000   # well above the well-known and registered ports services of the integration suite use
 
 
@@ -43,7 +44,7 @@ def free_port() -> int:
         high = _ephemeral_low()
         if high - _LOWEST >= 1000:
             for _ in range(1000):
-                port = random.randrange(_LOWEST, high)
+                port = _pick.randrange(_LOWEST, high)
                 if port not in _given and _bindable(port):
                     _given.add(port)
                     return port
